@@ -1,0 +1,1 @@
+"""Image + tabular binary classification: patient-grouped K-fold training, OOF, submission."""

@@ -1,0 +1,236 @@
+"""Experiment configuration: typed dataclass groups, YAML files, dotted overrides.
+
+Precedence: defaults in code < YAML file (``--config``) < ``section.key=value`` overrides.
+Unknown keys and values of the wrong type are errors, never silently ignored.
+
+    cfg = load_config("configs/sample.yaml", ["train.epochs=3", "model.backbone=efficientnet_b0"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key."""
+
+
+def opt(default, help: str):
+    """A dataclass field with a default and a one-line help text (shown by ``--help``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    root: str = opt("input/sample", "folder the data paths below are relative to")
+    train_csv: str = opt("train.csv", "training table")
+    test_csv: str = opt("test.csv", "test table (no target column)")
+    sample_submission: str = opt("sample_submission.csv", "defines the submission's ids and order")
+    train_images: str = opt("train", "folder of training images")
+    test_images: str = opt("test", "folder of test images")
+    image_ext: str = opt(".jpg", "image file extension")
+    id_col: str = opt("image_name", "image id column; the file is <images>/<id><image_ext>")
+    target_col: str = opt("target", "binary target column")
+    group_col: str = opt("patient_id", "group (patient) column; folds never split a group")
+    generate_sample: bool = opt(True, "write the bundled synthetic sample into root if train_csv is missing")
+    cache_dir: str = opt("input/cache", "decoded-image cache (uint8 arrays at the training size)")
+
+
+@dataclass
+class FeatureConfig:
+    categorical: list = opt(["sex", "anatom_site_general_challenge"], "one-hot columns (with a missing level)")
+    numeric: list = opt(["age_approx"], "standardised columns (with a missing flag)")
+    n_images: bool = opt(True, "add log1p(images per group)")
+    fit_on: str = opt("train", "fit the transform on 'train' or 'train+test'")
+
+
+@dataclass
+class FoldConfig:
+    n_folds: int = opt(5, "number of folds")
+    seed: int = opt(42, "fold assignment seed")
+    path: str = opt("", "fold table; '' = <train_csv stem>_folds<n>_seed<seed>.csv next to it")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = opt("tf_efficientnet_lite0", "any timm model name")
+    pretrained: str = opt("auto", "auto | offline | timm | none | <checkpoint file>")
+    image_size: int = opt(96, "square training and inference size in pixels")
+    use_meta: bool = opt(True, "fuse the meta-feature MLP with the image features")
+    meta_hidden: list = opt([128, 32], "widths of the two meta MLP layers")
+    meta_dropout: float = opt(0.2, "dropout inside the meta MLP")
+    head_dropout: float = opt(0.3, "dropout before the head (multi-sample)")
+    dropout_samples: int = opt(4, "multi-sample dropout: head evaluated this many times, averaged")
+    drop_path_rate: float = opt(0.1, "stochastic depth of the backbone")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(8, "maximum epochs per fold")
+    batch_size: int = opt(32, "training batch size")
+    lr: float = opt(1e-3, "peak learning rate")
+    min_lr: float = opt(1e-6, "final learning rate of the cosine schedule")
+    warmup_epochs: float = opt(1.0, "linear warmup length in epochs")
+    weight_decay: float = opt(1e-5, "L2 on weights (never on biases and norm weights)")
+    lookahead_k: int = opt(5, "Lookahead: fast steps per slow update")
+    lookahead_alpha: float = opt(0.5, "Lookahead: slow weights step size")
+    mixup_prob: float = opt(0.5, "probability that a batch is mixed")
+    mixup_alpha: float = opt(0.4, "mixup lambda ~ Beta(alpha, alpha)")
+    bias_init: bool = opt(True, "initialise the head bias to the fold's log-odds")
+    patience: int = opt(3, "early stopping: epochs without a better validation AUC")
+    seed: int = opt(42, "training seed")
+    folds: list = opt([], "folds to train; [] = all")
+    num_workers: int = opt(0, "data loader worker processes")
+    amp: bool = opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")
+    cpu_bf16: bool = opt(False, "bf16 autocast on CPU")
+    channels_last: bool = opt(True, "channels_last memory format")
+    aug_scale: float = opt(0.1, "random scale jitter (+-)")
+    aug_color: float = opt(0.1, "brightness/contrast/saturation jitter (+-)")
+
+
+@dataclass
+class InferConfig:
+    tta: int = opt(4, "test-time views: 1..8 flips/transposes")
+    batch_size: int = opt(64, "images per inference batch (views come on top)")
+    allow_missing_folds: bool = opt(False, "predict with the folds that exist instead of failing")
+
+
+@dataclass
+class Config:
+    name: str = opt("sample", "experiment name: results go to <output_dir>/<name>")
+    output_dir: str = opt("oof", "parent folder of experiments")
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    folds: FoldConfig = field(default_factory=FoldConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+    @property
+    def exp_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def __post_init__(self):
+        checks = [
+            (self.folds.n_folds >= 2, "folds.n_folds must be at least 2"),
+            (1 <= self.infer.tta <= 8, "infer.tta must be between 1 and 8"),
+            (self.features.fit_on in ("train", "train+test"), "features.fit_on must be 'train' or 'train+test'"),
+            (0.0 <= self.train.mixup_prob <= 1.0, "train.mixup_prob must be in [0, 1]"),
+            (self.train.lookahead_k >= 1, "train.lookahead_k must be >= 1"),
+            (self.train.epochs >= 1, "train.epochs must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+
+def _coerce(key: str, value, typ):
+    """Check (and gently convert) one value against a field's annotated type."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif typ is list:
+        if isinstance(value, list):
+            return value
+        if value is None:
+            return []
+        return [value]
+    raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {value!r}")
+
+
+def _update(obj, values: dict, prefix: str = ""):
+    hints = typing.get_type_hints(type(obj))
+    for key, value in values.items():
+        full = prefix + key
+        if key not in hints:
+            raise ConfigError(f"unknown config key '{full}' (see --help for the keys)")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{full}' is a section; give it a mapping")
+            _update(getattr(obj, key), value, full + ".")
+        else:
+            setattr(obj, key, _coerce(full, value, typ))
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['train.epochs=3', 'model.backbone=x'] -> nested dict; values are read as YAML scalars/lists."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def from_dict(values: dict) -> Config:
+    cfg = Config()
+    _update(cfg, values or {})
+    cfg.__post_init__()
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    cfg = from_dict(values)
+    try:
+        _update(cfg, parse_overrides(overrides or []))
+    except ConfigError as e:
+        raise ConfigError(f"{e} (in the command-line overrides)") from None
+    cfg.__post_init__()
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def help_text() -> str:
+    """Every config key with its default and help line, for ``--help``."""
+    lines = ["config keys (override with section.key=value):"]
+
+    def walk(obj, prefix):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, prefix + f.name + ".")
+            else:
+                lines.append(f"  {prefix + f.name:<28} = {value!r:<26} {f.metadata.get('help', '')}")
+
+    walk(Config(), "")
+    return "\n".join(lines)

@@ -1,0 +1,106 @@
+"""The loop: one forward step shared by training and prediction, train_one_epoch, predict (TTA).
+
+Images travel as uint8 NHWC from the loader; ``to_input`` turns them into normalised float NCHW
+on the device, which is channels_last by construction (a permuted NHWC buffer).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import timm
+import torch
+from tqdm import tqdm
+
+from .mixup import mixup, mixup_loss
+
+
+@dataclass
+class Runtime:
+    """Where and how tensors run: device, autocast dtype, memory format, normalisation."""
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def make_runtime(model: torch.nn.Module, amp: bool, cpu_bf16: bool, channels_last: bool) -> Runtime:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp else None
+    else:
+        amp_dtype = torch.bfloat16 if cpu_bf16 else None
+    data_cfg = timm.data.resolve_model_data_config(model.backbone)
+    mean = torch.tensor(data_cfg["mean"], device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(data_cfg["std"], device=device).view(1, 3, 1, 1) * 255
+    return Runtime(device, amp_dtype, channels_last, mean, std)
+
+
+def to_input(images: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    x = images.to(rt.device, non_blocking=True).permute(0, 3, 1, 2).float()
+    x = (x - rt.mean) / rt.std
+    return x if rt.channels_last else x.contiguous()
+
+
+def forward(model, x: torch.Tensor, meta: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    with rt.autocast():
+        return model(x, meta.to(rt.device, non_blocking=True)).float()
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, step: int,
+                    mixup_prob: float, mixup_alpha: float, rng: np.random.Generator, desc: str = "train",
+                    should_stop=lambda: False) -> tuple[float, int]:
+    """One pass over ``loader``; returns (mean loss, global step). Stops early (between steps) when
+    ``should_stop()`` turns true."""
+    model.train()
+    total, seen = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    for images, meta, y in bar:
+        x = to_input(images, rt)
+        y = y.to(rt.device)
+        meta = meta.to(rt.device)
+        x, meta, y_a, y_b, lam = mixup(x, meta, y, mixup_prob, mixup_alpha, rng)
+        loss = mixup_loss(forward(model, x, meta, rt), y_a, y_b, lam)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        step += 1
+        scheduler.step_update(step)
+        total += loss.item() * len(y)
+        seen += len(y)
+        bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        if should_stop():
+            break
+    return total / max(seen, 1), step
+
+
+def tta_views(images: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """The first ``n`` of the 8 flips/transposes of a uint8 NHWC batch."""
+    t = images.transpose(1, 2)
+    views = [images, images.flip(2), images.flip(1), images.flip(1, 2), t, t.flip(2), t.flip(1), t.flip(1, 2)]
+    return views[:n]
+
+
+@torch.inference_mode()
+def predict(model, loader, rt: Runtime, tta: int = 1, desc: str = "predict") -> np.ndarray:
+    """Probabilities averaged over ``tta`` views; all views of a batch go through one forward."""
+    model.eval()
+    out = []
+    for images, meta, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        b = images.shape[0]
+        x = to_input(torch.cat(tta_views(images, tta)), rt)
+        probs = torch.sigmoid(forward(model, x, meta.repeat(tta, 1), rt))
+        out.append(probs.view(tta, b).mean(0).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)

