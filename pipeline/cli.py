@@ -31,9 +31,7 @@ def parse_folds(text: str | None) -> list[int] | None:
 
 def run(main) -> None:
     """Turn expected errors into one line on stderr and exit code 2; Ctrl-C into 130."""
-    from .io import CheckpointError
-    from .tables import DataError
-    from .trainer import ExperimentError, Interrupted
+    from .errors import CheckpointError, DataError, ExperimentError, Interrupted
     try:
         sys.exit(main() or 0)
     except (C.ConfigError, DataError, ExperimentError, CheckpointError, FileNotFoundError, ValueError) as e:
@@ -49,7 +47,7 @@ def train_main(argv=None):
                "done, nothing else to run but infer.py).")
     p.add_argument("--folds", help="comma-separated folds to train, e.g. 0,2 (default: all)")
     p.add_argument("--force", action="store_true", help="retrain finished folds / overwrite a different experiment")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     cfg = load(args)
     from .cv import report
     from .trainer import train
@@ -61,7 +59,7 @@ def train_main(argv=None):
 def infer_main(argv=None):
     p = parser("Predict the test set with every trained fold of an experiment and write submission.csv.")
     p.add_argument("--allow-missing-folds", action="store_true", help="use the folds that exist")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     cfg = load(args)
     from .predict import make_submission
     make_submission(cfg, allow_missing_folds=args.allow_missing_folds or None)

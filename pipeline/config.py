@@ -37,7 +37,14 @@ class DataConfig:
     image_ext: str = opt(".jpg", "image file extension")
     id_col: str = opt("image_name", "image id column; the file is <images>/<id><image_ext>")
     target_col: str = opt("target", "binary target column")
-    group_col: str = opt("patient_id", "group (patient) column; folds never split a group")
+    group_col: str = opt("patient_id", "group (patient) column; folds never split a group; '' = none")
+    keep_where: dict = opt({}, "keep only training rows whose column equals the value, e.g. {split: train}")
+    drop_where: dict = opt({}, "drop training rows whose column equals the value, e.g. {tfrecord: -1}")
+    test_keep_where: dict = opt({}, "keep only test rows whose column equals the value")
+    external_csv: str = opt("", "extra table used for training only (never validated or scored), e.g. ISIC 2019")
+    external_images: str = opt("", "folder of the external table's images")
+    external_rename: dict = opt({}, "rename external columns to this config's names, e.g. {image: image_name}")
+    on_bad_image: str = opt("fail", "corrupt or unreadable training image: 'fail' or 'skip' (listed)")
     generate_sample: bool = opt(True, "write the bundled synthetic sample into root if train_csv is missing")
     cache_dir: str = opt("input/cache", "decoded-image cache (uint8 arrays at the training size)")
 
@@ -47,6 +54,8 @@ class FeatureConfig:
     categorical: list = opt(["sex", "anatom_site_general_challenge"], "one-hot columns (with a missing level)")
     numeric: list = opt(["age_approx"], "standardised columns (with a missing flag)")
     n_images: bool = opt(True, "add log1p(images per group)")
+    file_size: bool = opt(False, "add log(image file size), standardised")
+    group_context: bool = opt(False, "add the image's file-size z-score and rank among its group's images")
     fit_on: str = opt("train", "fit the transform on 'train' or 'train+test'")
 
 
@@ -120,6 +129,7 @@ class Config:
         checks = [
             (self.folds.n_folds >= 2, "folds.n_folds must be at least 2"),
             (1 <= self.infer.tta <= 8, "infer.tta must be between 1 and 8"),
+            (self.data.on_bad_image in ("fail", "skip"), "data.on_bad_image must be 'fail' or 'skip'"),
             (self.features.fit_on in ("train", "train+test"), "features.fit_on must be 'train' or 'train+test'"),
             (0.0 <= self.train.mixup_prob <= 1.0, "train.mixup_prob must be in [0, 1]"),
             (self.train.lookahead_k >= 1, "train.lookahead_k must be >= 1"),
@@ -139,11 +149,21 @@ def _coerce(key: str, value, typ):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif typ is float:
+        if isinstance(value, str):  # PyYAML reads exponents without a dot (1e-4) as strings
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+    elif typ is dict:
+        if isinstance(value, dict):
+            return value
+        if value is None:
+            return {}
     elif typ is list:
         if isinstance(value, list):
             return value

@@ -8,6 +8,8 @@ the image size, so it is rebuilt when any of them changes.
 from __future__ import annotations
 
 import hashlib
+import json
+import random
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,10 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from .io import atomic_write
+from .io import atomic_write, write_json
 
 
 def read_table(path: Path, id_col: str) -> pd.DataFrame:
@@ -50,22 +52,38 @@ def cache_key(paths: list[Path], size: int) -> str:
     return h.hexdigest()[:16]
 
 
-def build_cache(paths: list[Path], size: int, cache_dir: Path, desc: str = "cache") -> np.ndarray:
-    """Memory-mapped uint8 array of all images at ``size``; built once per key."""
+def _try_decode(path: Path, size: int):
+    try:
+        return decode(path, size), None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # corrupt, truncated, not an image
+        return np.zeros((size, size, 3), np.uint8), f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def build_cache(paths: list[Path], size: int, cache_dir: Path, desc: str = "cache") -> tuple[np.ndarray, dict]:
+    """Memory-mapped uint8 array of all images at ``size``, built once per key, and the images that
+    could not be decoded ({row: reason}, kept beside the array; their pixels are zeros)."""
     cache_dir = Path(cache_dir)
     target = cache_dir / f"{desc}_{size}px_{cache_key(paths, size)}.npy"
+    bad_path = target.with_suffix(".bad.json")
     if not target.exists():
+        bad = {}
+
         def write(tmp: Path):
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
             threads = min(4, os.cpu_count() or 1)
             with ThreadPoolExecutor(threads) as pool:
-                for i, img in enumerate(tqdm(pool.map(lambda p: decode(p, size), paths), total=len(paths),
-                                             desc=f"decoding {desc} images at {size}px", leave=False)):
+                decoded = pool.map(lambda p: _try_decode(p, size), paths)
+                for i, (img, err) in enumerate(tqdm(decoded, total=len(paths), leave=False,
+                                                    desc=f"decoding {desc} images at {size}px")):
                     arr[i] = img
+                    if err:
+                        bad[i] = err
             arr.flush()
             del arr
+            write_json(bad_path, bad)
         atomic_write(target, write)
-    return np.load(target, mmap_mode="r")
+    bad = {int(k): v for k, v in json.loads(bad_path.read_text()).items()} if bad_path.exists() else {}
+    return np.load(target, mmap_mode="r"), bad
 
 
 def train_transform(aug_scale: float, aug_color: float) -> A.Compose:
@@ -89,10 +107,16 @@ class ImageMetaDataset(Dataset):
                  transform: A.Compose | None = None, seed: int = 0):
         self.images, self.rows, self.meta = images, np.asarray(rows), meta.astype(np.float32)
         self.targets = np.zeros(len(rows), np.float32) if targets is None else targets.astype(np.float32)
-        self.transform, self.seed, self.epoch = transform, seed, 0
+        self.transform, self.seed = transform, seed
+        # In shared memory: persistent loader workers hold a copy of the dataset and must see it change.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int):
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self):
         return len(self.rows)
@@ -100,13 +124,36 @@ class ImageMetaDataset(Dataset):
     def __getitem__(self, i):
         img = np.array(self.images[self.rows[i]])  # a writable copy of the cached pixels
         if self.transform is not None:
-            self.transform.set_random_seed((self.seed * 1_000_003 + self.epoch * 7919 + i) % 2**32)
+            # One random stream per sample, shared by all the transforms in turn (Compose.set_random_seed
+            # would give each transform the same seed: identical draws, so all flips fired together).
+            seed = (self.seed * 1_000_003 + self.epoch * 7919 + i) % 2**32
+            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
             img = self.transform(image=img)["image"]
         return torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(self.meta[i]), self.targets[i]
+
+
+class SeededShuffle(Sampler):
+    """A permutation drawn from the generator's last ``manual_seed`` alone. RandomSampler draws from
+    the generator's state, which a fresh loader iterator advances first and a persistent one does
+    not: with workers, epoch 2 on would differ from a resumed run."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator, self.last_seed, self.repeats = n, generator, None, 0
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        seed = self.generator.initial_seed()
+        self.repeats = self.repeats + 1 if seed == self.last_seed else 0  # not reseeded: still a new order
+        self.last_seed = seed
+        g = torch.Generator().manual_seed(seed + 7919 * self.repeats)
+        return iter(torch.randperm(self.n, generator=g).tolist())
 
 
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0,
                 pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=gen,
+    sampler = SeededShuffle(len(ds), gen) if shuffle else None
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers, generator=gen,
                       pin_memory=pin_memory, drop_last=drop_last, persistent_workers=num_workers > 0)

@@ -44,8 +44,12 @@ def make_runtime(model: torch.nn.Module, amp: bool, cpu_bf16: bool, channels_las
 
 
 def to_input(images: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    x = images.to(rt.device, non_blocking=True).permute(0, 3, 1, 2).float()
-    x = (x - rt.mean) / rt.std
+    n, h, w, c = images.shape
+    x = images.to(rt.device, non_blocking=True).float()
+    # Normalise in NHWC with mean/std tiled along an image row: broadcasting a (1, 3, 1, 1) over a
+    # channels_last tensor runs an inner loop of 3 elements, 10-20x slower on CPU. Same values.
+    x.view(n * h, w * c).sub_(rt.mean.view(c).repeat(w)).div_(rt.std.view(c).repeat(w))
+    x = x.permute(0, 3, 1, 2)
     return x if rt.channels_last else x.contiguous()
 
 

@@ -11,8 +11,8 @@ from .io import write_csv
 
 
 def assign_folds(df: pd.DataFrame, target: str, group: str, n_folds: int, seed: int) -> np.ndarray:
-    """Fold index per row; rows without a group id are their own group."""
-    groups = df[group].astype("string")
+    """Fold index per row; rows without a group id (or all rows, when ``group`` is '') are their own group."""
+    groups = df[group].astype("string") if group else pd.Series(pd.NA, index=df.index, dtype="string")
     missing = groups.isna()
     groups = groups.where(~missing, "__row_" + pd.Series(np.arange(len(df)), index=df.index).astype(str))
     fold = np.full(len(df), -1, dtype=np.int64)

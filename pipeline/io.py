@@ -9,22 +9,32 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 import torch
 
+from .errors import CheckpointError
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated, corrupt or unsafe; the message names it."""
+
+def remove_stale_temps(folder: Path, name: str = "*") -> None:
+    """Delete the temporary files that a killed process left while writing ``folder/name``."""
+    for tmp in Path(folder).glob(f".{name}.tmp*"):
+        try:
+            os.kill(int(tmp.name.rsplit(".tmp", 1)[1]), 0)
+        except ProcessLookupError:  # its writer is gone
+            tmp.unlink(missing_ok=True)
+        except (ValueError, OSError):  # not one of ours, or a live process of another user
+            pass
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` and move the result onto ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, path.name)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
@@ -34,6 +44,14 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     finally:
         if tmp.exists():
             tmp.unlink()
+    try:  # make the rename itself durable (power loss); not every file system allows it
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
     return path
 
 
@@ -49,19 +67,56 @@ def write_csv(path, df: pd.DataFrame) -> Path:
     return atomic_write(path, lambda p: df.to_csv(p, index=False))
 
 
+CHECKSUM_KEY = "_crc32"
+
+
+def _checksum(obj, crc: int = 0) -> int:
+    """CRC32 over every tensor's bytes and every other value's repr, in order. The zip reader of
+    torch.load checks no checksum, so a flipped byte inside tensor data would load silently."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        crc = zlib.crc32(f"{t.dtype}{tuple(t.shape)}".encode(), crc)
+        return zlib.crc32(t.reshape(-1).view(torch.uint8).numpy(), crc)
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            crc = _checksum(v, zlib.crc32(repr(k).encode(), crc))
+        return crc
+    if isinstance(obj, (list, tuple)):
+        for v in obj:
+            crc = _checksum(v, crc)
+        return zlib.crc32(b"]", crc)
+    return zlib.crc32(repr(obj).encode(), crc)
+
+
 def save_checkpoint(path, obj: dict) -> Path:
-    return atomic_write(path, lambda p: torch.save(obj, p))
+    """``obj`` (tensors, numbers, strings, lists, dicts) plus a checksum, written atomically."""
+    return atomic_write(path, lambda p: torch.save({**obj, CHECKSUM_KEY: _checksum(obj)}, p))
 
 
 def load_checkpoint(path) -> dict:
-    """Load tensors only (``weights_only=True``): a checkpoint cannot run code."""
+    """Load tensors only (``weights_only=True``): a checkpoint cannot run code. Anything that is not
+    a readable dict whose checksum (when it has one) matches raises CheckpointError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused, it holds more than tensors (weights_only load): "
-                              f"{str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({str(e).splitlines()[0]})") from None
+        if "weights only load failed" not in str(e).lower():
+            raise CheckpointError(f"{path}: truncated or corrupt checkpoint (UnpicklingError: {e})") from None
+        reason = next((line.strip().split(" Please")[0] for line in str(e).splitlines() if "Unsupported" in line),
+                      "unsupported content")
+        if "GLOBAL" in reason:  # it names a Python callable or class: loading it could run code
+            raise CheckpointError(f"{path}: refused, it holds more than tensors and plain values "
+                                  f"(weights_only load: {reason})") from None
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint (weights_only load: {reason})") from None
+    except Exception as e:  # torch.load raises many types on damaged files (RuntimeError, OSError, KeyError...)
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {first})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(obj).__name__}, expected a dict)")
+    if CHECKSUM_KEY in obj:
+        expected = obj.pop(CHECKSUM_KEY)
+        if _checksum(obj) != expected:
+            raise CheckpointError(f"{path}: corrupt checkpoint (checksum mismatch)")
+    return obj

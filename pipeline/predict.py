@@ -15,7 +15,7 @@ from .engine import make_runtime, predict
 from .features import MetaTransform
 from .io import load_checkpoint, write_csv
 from .model import build_model
-from .tables import DataError, load_test
+from .tables import DataError, few, load_test
 
 
 def saved_config(exp_dir: Path) -> C.Config:
@@ -45,10 +45,14 @@ def make_submission(cfg: C.Config, allow_missing_folds: bool | None = None) -> P
         raise FileNotFoundError(f"{exp}: no finished fold to predict with (run train.py first)")
     if missing and not allow:
         raise FileNotFoundError(f"{exp}: fold(s) {missing} not trained; train them or pass --allow-missing-folds")
-    test, paths, sample = load_test(trained)
+    test, sample = load_test(trained)
     transform = MetaTransform.from_dict(json.loads((exp / "features.json").read_text()))
     meta = transform.transform(test)
-    images = build_cache(paths, trained.model.image_size, Path(cfg.data.cache_dir), desc="test")
+    images, bad = build_cache([Path(p) for p in test["image_path"]], trained.model.image_size,
+                              Path(cfg.data.cache_dir), desc="test")
+    if bad:  # a submission needs every id, so test images are never skipped
+        raise DataError(f"{Path(test['image_path'][next(iter(bad))]).parent}: {len(bad)} test image(s) cannot be "
+                        f"decoded: {few([f'{test[trained.data.id_col][i]} ({why})' for i, why in bad.items()], 3)}")
     ds = ImageMetaDataset(images, np.arange(len(test)), meta, None)
     loader = make_loader(ds, cfg.infer.batch_size, False, cfg.train.num_workers)
     preds = []

@@ -1,6 +1,7 @@
-"""Reading the competition tables named by the config, and checking them before any training.
+"""Reading the tables named by the config, and checking them before any training starts.
 
-Every problem is reported in one line naming the file, the column and the first offending ids.
+Each kind of problem is reported once, in one line naming the file and column, with the first
+few offending ids and their total.
 """
 from __future__ import annotations
 
@@ -9,17 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import image_paths
+from .errors import DataError
 
 
-class DataError(ValueError):
-    """The data does not match the config; the message names the file, column or rows."""
-
-
-def _few(ids, n: int = 5) -> str:
+def few(ids, n: int = 5) -> str:
     ids = list(ids)
-    more = f", ... ({len(ids)} in all)" if len(ids) > n else f" ({len(ids)} in all)"
-    return ", ".join(map(str, ids[:n])) + more
+    return ", ".join(map(str, ids[:n])) + (f", ... ({len(ids)} in all)" if len(ids) > n else f" ({len(ids)} in all)")
 
 
 def data_path(cfg, name: str) -> Path:
@@ -33,61 +29,124 @@ def read_csv(path: Path, id_col: str, required: list[str]) -> pd.DataFrame:
         df = pd.read_csv(path, dtype={id_col: "string"})
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty") from None
-    missing = [c for c in required if c not in df.columns]
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    missing = [c for c in dict.fromkeys([id_col] + required) if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(df.columns)})")
     if df.empty:
         raise DataError(f"{path}: no rows")
-    dup = df[id_col][df[id_col].duplicated()]
+    ids = df[id_col]
+    if ids.isna().any():
+        raise DataError(f"{path}: column '{id_col}' is empty in {int(ids.isna().sum())} row(s)")
+    dup = ids[ids.duplicated()]
     if len(dup):
-        raise DataError(f"{path}: duplicate ids in column '{id_col}': {_few(dup.unique())}")
+        raise DataError(f"{path}: duplicate ids in column '{id_col}': {few(dup.unique())}")
+    return df
+
+
+def _equals(series: pd.Series, value) -> pd.Series:
+    """Column == value, numerically when the value is a number (so -1 matches -1.0)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return pd.to_numeric(series, errors="coerce") == value
+    return series.astype("string").fillna("") == str(value)
+
+
+def filter_rows(df: pd.DataFrame, keep: dict, drop: dict, path: Path, key: str) -> pd.DataFrame:
+    for col in [*keep, *drop]:
+        if col not in df.columns:
+            raise DataError(f"{path}: column '{col}' named in data.{key} does not exist")
+    for col, value in keep.items():
+        df = df[_equals(df[col], value)]
+    for col, value in drop.items():
+        df = df[~_equals(df[col], value)]
+    if df.empty:
+        raise DataError(f"{path}: no rows left after data.{key} filtering")
     return df
 
 
 def binary_target(df: pd.DataFrame, col: str, id_col: str, path: Path) -> np.ndarray:
-    """0/1 ints; floats 0.0/1.0 are accepted, anything else is an error listing the rows."""
+    """0/1 ints; floats 0.0/1.0 are accepted, anything else (NaN, 'unknown', 2) is an error."""
     y = pd.to_numeric(df[col], errors="coerce")
     bad = ~y.isin([0, 1])
     if bad.any():
         values = sorted(set(map(str, df[col][bad])))[:5]
-        raise DataError(f"{path}: column '{col}' must be 0/1; found {values} at ids {_few(df[id_col][bad])}")
+        raise DataError(f"{path}: column '{col}' must be 0/1; found {values} at ids {few(df[id_col][bad])}")
     return y.astype(np.int64).to_numpy()
 
 
-def check_images(paths: list[Path], ids, what: str):
-    missing = [i for i, p in zip(ids, paths) if not p.is_file()]
+def attach_images(df: pd.DataFrame, folder: Path, ext: str, id_col: str, what: str) -> pd.DataFrame:
+    """Add image_path and image_bytes columns; every missing file is listed at once."""
+    paths = [folder / f"{i}{ext}" for i in df[id_col]]
+    sizes = [p.stat().st_size if p.is_file() else -1 for p in paths]
+    missing = [i for i, s in zip(df[id_col], sizes) if s < 0]
     if missing:
-        folder = paths[0].parent if paths else "?"
-        raise DataError(f"{folder}: {len(missing)} {what} image(s) missing: {_few(missing)}")
+        raise DataError(f"{folder}: {len(missing)} {what} image(s) missing ({ext}): {few(missing)}")
+    return df.assign(image_path=[str(p) for p in paths], image_bytes=sizes)
 
 
 def feature_columns(cfg) -> list[str]:
     f = cfg.features
-    return list(f.categorical) + list(f.numeric) + ([cfg.data.group_col] if f.n_images else [])
+    return list(f.categorical) + list(f.numeric)
 
 
-def load_train(cfg) -> tuple[pd.DataFrame, list[Path]]:
+def _external(cfg, columns: list[str]) -> pd.DataFrame:
+    """Training-only rows from another table (e.g. ISIC 2019), renamed to this config's columns."""
+    d = cfg.data
+    path = data_path(cfg, d.external_csv)
+    raw_id = {new: old for old, new in d.external_rename.items()}.get(d.id_col, d.id_col)
+    df = read_csv(path, raw_id, []).rename(columns=d.external_rename)
+    missing = [c for c in [d.target_col] + feature_columns(cfg) if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (after data.external_rename; "
+                        f"has: {', '.join(df.columns)})")
+    if d.group_col and d.group_col not in df.columns:
+        df[d.group_col] = pd.NA
+    df = filter_rows(df, {}, {k: v for k, v in d.drop_where.items() if k in df.columns}, path, "drop_where")
+    df[d.target_col] = binary_target(df, d.target_col, d.id_col, path)
+    df = attach_images(df, data_path(cfg, d.external_images or d.train_images), d.image_ext, d.id_col, "external")
+    return df[[c for c in columns if c in df.columns]].assign(is_external=True)
+
+
+def load_train(cfg) -> pd.DataFrame:
+    """The training table (plus any external training-only rows), checked, with image paths."""
     d = cfg.data
     path = data_path(cfg, d.train_csv)
-    df = read_csv(path, d.id_col, [d.id_col, d.target_col, d.group_col] + feature_columns(cfg))
+    group = [d.group_col] if d.group_col else []
+    df = read_csv(path, d.id_col, [d.id_col, d.target_col] + group + feature_columns(cfg))
+    df = filter_rows(df, d.keep_where, d.drop_where, path, "keep_where/drop_where")
     df[d.target_col] = binary_target(df, d.target_col, d.id_col, path)
     if df[d.target_col].nunique() < 2:
         raise DataError(f"{path}: column '{d.target_col}' has a single class; AUC needs both")
-    paths = image_paths(df[d.id_col], data_path(cfg, d.train_images), d.image_ext)
-    check_images(paths, df[d.id_col], "training")
-    return df.reset_index(drop=True), paths
+    df = attach_images(df, data_path(cfg, d.train_images), d.image_ext, d.id_col, "training")
+    df["is_external"] = False
+    if d.external_csv:
+        ext = _external(cfg, list(df.columns))
+        clash = sorted(set(ext[d.id_col]) & set(df[d.id_col]))
+        if clash:
+            raise DataError(f"{data_path(cfg, d.external_csv)}: ids also in {path}: {few(clash)}")
+        df = pd.concat([df, ext], ignore_index=True)
+    return df.reset_index(drop=True)
 
 
-def load_test(cfg) -> tuple[pd.DataFrame, list[Path], pd.DataFrame]:
+def load_test(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The test table with image paths, and the submission template (ids and their order)."""
     d = cfg.data
+    if not d.test_csv:
+        raise DataError("data.test_csv is empty: this experiment has no test set to predict")
     path = data_path(cfg, d.test_csv)
-    df = read_csv(path, d.id_col, [d.id_col] + [c for c in feature_columns(cfg) if c != d.target_col])
-    sub_path = data_path(cfg, d.sample_submission)
-    sub = read_csv(sub_path, d.id_col, [d.id_col])
-    only_test, only_sub = set(df[d.id_col]) - set(sub[d.id_col]), set(sub[d.id_col]) - set(df[d.id_col])
-    if only_test or only_sub:
-        raise DataError(f"{sub_path}: ids differ from {path}: {len(only_sub)} only in the submission "
-                        f"({_few(sorted(only_sub))}), {len(only_test)} only in the test table ({_few(sorted(only_test))})")
-    paths = image_paths(df[d.id_col], data_path(cfg, d.test_images), d.image_ext)
-    check_images(paths, df[d.id_col], "test")
-    return df.reset_index(drop=True), paths, sub
+    group = [d.group_col] if d.group_col else []
+    df = read_csv(path, d.id_col, [d.id_col] + group + feature_columns(cfg))
+    df = filter_rows(df, d.test_keep_where, {}, path, "test_keep_where")
+    if d.sample_submission:
+        sub_path = data_path(cfg, d.sample_submission)
+        sub = read_csv(sub_path, d.id_col, [d.id_col])
+        only_test, only_sub = set(df[d.id_col]) - set(sub[d.id_col]), set(sub[d.id_col]) - set(df[d.id_col])
+        if only_test or only_sub:
+            sides = [f"{len(ids)} only in {where}: {few(sorted(ids))}"
+                     for ids, where in [(only_sub, "the submission"), (only_test, "the test table")] if ids]
+            raise DataError(f"{sub_path}: ids differ from {path}: {'; '.join(sides)}")
+    else:
+        sub = df[[d.id_col]].copy()
+    df = attach_images(df, data_path(cfg, d.test_images), d.image_ext, d.id_col, "test")
+    return df.reset_index(drop=True), sub.reset_index(drop=True)

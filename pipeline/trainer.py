@@ -10,7 +10,9 @@ Layout of an experiment folder (``<output_dir>/<name>/``)::
 """
 from __future__ import annotations
 
+import json
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,18 +32,16 @@ from timm.scheduler import CosineLRScheduler
 from . import config as C
 from .data import ImageMetaDataset, build_cache, make_loader, train_transform
 from .engine import make_runtime, predict, train_one_epoch
+from .errors import DataError, ExperimentError, Interrupted
 from .features import MetaTransform
 from .folds import fold_table, load_or_make_folds
-from .io import CheckpointError, load_checkpoint, save_checkpoint, write_csv, write_json, write_text
+from .io import (CheckpointError, load_checkpoint, remove_stale_temps, save_checkpoint, write_csv, write_json,
+                 write_text)
 from .model import build_model
-from .tables import DataError, data_path, load_test, load_train
+from .tables import data_path, few, load_test, load_train
 
 # Keys that change how a run is executed, not its results: they may differ on resume.
 RUN_ONLY_KEYS = {"name", "output_dir", "train.folds", "train.num_workers", "data.cache_dir", "infer"}
-
-
-class ExperimentError(RuntimeError):
-    """The experiment folder holds results of a different configuration."""
 
 
 @dataclass
@@ -62,18 +62,27 @@ def _result_keys(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_experiment(cfg: C.Config, force: bool) -> None:
-    """Refuse to mix results of a different configuration into an existing experiment folder."""
+def check_experiment(cfg: C.Config, force: bool) -> list[str]:
+    """Refuse to mix results of a different configuration into an existing experiment folder.
+    Returns the result-affecting keys that differ from the saved config (with ``force``; [] if none)."""
     saved_path = cfg.exp_dir / "config.yaml"
-    if force or not saved_path.is_file():
-        return
-    saved = _result_keys(C.to_dict(C.from_dict(yaml.safe_load(saved_path.read_text()))))
+    if not saved_path.is_file():
+        return []
+    try:  # safe_load: a crafted config.yaml cannot build Python objects
+        saved = _result_keys(C.to_dict(C.from_dict(yaml.safe_load(saved_path.read_text()))))
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError) as e:
+        if force:
+            return ["config.yaml (unreadable)"]
+        raise ExperimentError(f"{saved_path}: cannot read the saved config ({str(e).splitlines()[0]}); use a new "
+                              f"name (name=...) or --force to start this experiment again") from None
     now = _result_keys(C.to_dict(cfg))
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if diff:
+    if diff and not force:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:4])
-        raise ExperimentError(f"{saved_path} holds a different experiment ({shown}); use a new name "
-                              f"(name=...) or --force to overwrite it")
+        more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+        raise ExperimentError(f"{saved_path} holds a different experiment ({shown}{more}); use a new name "
+                              f"(name=...) or --force to delete its results and train again")
+    return diff
 
 
 def environment(cfg: C.Config) -> dict:
@@ -89,33 +98,65 @@ def environment(cfg: C.Config) -> dict:
             "albumentations": albumentations.__version__, "pandas": pd.__version__, "numpy": np.__version__,
             "scikit-learn": sklearn.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu",
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "platform": platform.platform(), "seed": cfg.train.seed, "git_commit": commit, "git_dirty": dirty}
+            "platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "seed": cfg.train.seed,
+            "git_commit": commit, "git_dirty": dirty}
 
 
-def prepare(cfg: C.Config) -> tuple[TrainData, list[Path]]:
-    """Load and check the training data, make or reuse the folds, fit the meta transform."""
+def record_environment(path: Path, env: dict) -> None:
+    """Write env.json. A resumed run on another machine, package set or commit keeps the earlier
+    environments under 'earlier' (folds trained there may not be bit-identical) and warns."""
+    earlier = []
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        old = None
+    if isinstance(old, dict):
+        earlier = old.pop("earlier", [])
+        changed = [k for k in env if old.get(k) != env[k]]
+        if changed:
+            print(f"warning: the environment changed since {path} was written ({', '.join(changed)}); "
+                  f"the earlier one is kept in it", file=sys.stderr)
+            earlier.append(old)
+    write_json(path, {**env, **({"earlier": earlier} if earlier else {})})
+
+
+def prepare(cfg: C.Config) -> TrainData:
+    """Load and check the training data and its images, make or reuse the folds, fit the meta
+    transform: every data problem surfaces here, before any training."""
     d = cfg.data
     if d.generate_sample and not data_path(cfg, d.train_csv).exists():
         from .sample import ensure_sample
         print(f"writing the bundled synthetic sample into {d.root}")
         ensure_sample(Path(d.root))
-    df, paths = load_train(cfg)
-    folds_path = Path(cfg.folds.path) if cfg.folds.path else \
-        data_path(cfg, d.train_csv).with_name(f"{Path(d.train_csv).stem}_folds{cfg.folds.n_folds}_seed{cfg.folds.seed}.csv")
-    df["fold"] = load_or_make_folds(df, folds_path, d.id_col, d.target_col, d.group_col,
-                                    cfg.folds.n_folds, cfg.folds.seed)
-    table = fold_table(df, df["fold"].to_numpy(), d.target_col, d.group_col)
+    df = load_train(cfg)
+    images, bad = build_cache([Path(p) for p in df["image_path"]], cfg.model.image_size, Path(d.cache_dir), "train")
+    df["cache_row"] = np.arange(len(df))
+    if bad:
+        listed = few([f"{df[d.id_col][i]} ({why})" for i, why in bad.items()], 3)
+        where = Path(df["image_path"][next(iter(bad))]).parent
+        if d.on_bad_image == "fail":
+            raise DataError(f"{where}: {len(bad)} image(s) cannot be decoded: {listed}; "
+                            f"replace them or set data.on_bad_image=skip")
+        print(f"warning: skipping {len(bad)} undecodable image(s) in {where}: {listed}", file=sys.stderr)
+        df = df.drop(index=list(bad)).reset_index(drop=True)
+    folds_path = Path(cfg.folds.path) if cfg.folds.path else data_path(cfg, d.train_csv).with_name(
+        f"{Path(d.train_csv).stem}_folds{cfg.folds.n_folds}_seed{cfg.folds.seed}.csv")
+    own = ~df["is_external"].to_numpy()  # external rows train every fold and are never validated
+    df["fold"] = -1
+    df.loc[own, "fold"] = load_or_make_folds(df[own].reset_index(drop=True), folds_path, d.id_col, d.target_col,
+                                             d.group_col, cfg.folds.n_folds, cfg.folds.seed)
+    table = fold_table(df[own], df["fold"][own].to_numpy(), d.target_col, d.group_col or d.id_col)
     empty = table.index[table["positives"] == 0].tolist()
     if empty:
         raise DataError(f"{folds_path}: fold(s) {empty} have no positive; AUC is undefined (use fewer folds)")
     print(f"folds from {folds_path}:\n{table.to_string()}")
+    if not own.all():
+        print(f"plus {int((~own).sum())} external training-only rows ({int(df[d.target_col][~own].sum())} positives)")
     fit_df = df
     if cfg.features.fit_on == "train+test":
         fit_df = pd.concat([df, load_test(cfg)[0]], ignore_index=True)
-    transform = MetaTransform(cfg.features.categorical, cfg.features.numeric, cfg.features.n_images,
-                              d.group_col).fit(fit_df)
-    images = build_cache(paths, cfg.model.image_size, Path(d.cache_dir), desc="train")
-    return TrainData(df, images, transform.transform(df), transform), paths
+    transform = MetaTransform.from_config(cfg).fit(fit_df)
+    return TrainData(df, images, transform.transform(df), transform)
 
 
 def build_optimizer(model, t: C.TrainConfig) -> Lookahead:
@@ -164,19 +205,34 @@ class StopFlag:
             signal.signal(signal.SIGINT, old)
 
 
-class Interrupted(Exception):
-    pass
+RESUME_KEYS = ("model", "optimizer", "scheduler", "state")
 
 
-def _load_resume_state(fold_dir: Path) -> dict | None:
-    """The last epoch checkpoint, falling back to the previous one when the last is damaged."""
+def _load_resume_state(fold_dir: Path) -> tuple[Path, dict] | None:
+    """The last epoch checkpoint, falling back to the previous one when the last is damaged (which
+    is then set aside as <name>.corrupt, so that the next rotation keeps the good one). None when
+    the fold has no checkpoint; CheckpointError when none of them is usable."""
+    damaged = []
     for name in ("last.pt", "last.prev.pt"):
         path = fold_dir / name
-        if path.exists():
-            try:
-                return load_checkpoint(path)
-            except CheckpointError as e:
-                print(f"warning: {e}; trying an older checkpoint", file=sys.stderr)
+        if not path.exists():
+            continue
+        try:
+            ckpt = load_checkpoint(path)
+            missing = [k for k in RESUME_KEYS if k not in ckpt]
+            if missing:
+                raise CheckpointError(f"{path}: not an epoch checkpoint (no {', '.join(missing)})")
+        except CheckpointError as e:
+            print(f"warning: {e}", file=sys.stderr)
+            damaged.append((path, str(e)))
+            continue
+        for bad, _ in damaged:
+            bad.replace(bad.with_name(bad.name + ".corrupt"))
+            print(f"warning: resuming from {path} instead; {bad.name} kept as {bad.name}.corrupt", file=sys.stderr)
+        return path, ckpt
+    if damaged:
+        raise CheckpointError(f"{damaged[0][1]}; no usable checkpoint to resume from: delete {fold_dir} to "
+                              f"train this fold again")
     return None
 
 
@@ -198,9 +254,10 @@ def run_fold(cfg: C.Config, data: TrainData, fold: int, stop: StopFlag) -> pd.Da
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    train_ds = ImageMetaDataset(data.images, train_idx, data.meta[train_idx], y[train_idx],
+    cache_rows = data.df["cache_row"].to_numpy()
+    train_ds = ImageMetaDataset(data.images, cache_rows[train_idx], data.meta[train_idx], y[train_idx],
                                 train_transform(t.aug_scale, t.aug_color), seed=epoch_seed(t.seed, fold, 0))
-    val_ds = ImageMetaDataset(data.images, val_idx, data.meta[val_idx], y[val_idx])
+    val_ds = ImageMetaDataset(data.images, cache_rows[val_idx], data.meta[val_idx], y[val_idx])
     pin = rt.device.type == "cuda"
     train_loader = make_loader(train_ds, t.batch_size, True, t.num_workers, pin_memory=pin, drop_last=True)
     val_loader = make_loader(val_ds, cfg.infer.batch_size, False, t.num_workers, pin_memory=pin)
@@ -212,19 +269,35 @@ def run_fold(cfg: C.Config, data: TrainData, fold: int, stop: StopFlag) -> pd.Da
     state = {"epoch": 0, "step": 0, "best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0}
     resume = _load_resume_state(fold_dir)
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if scaler is not None and "scaler" in resume:
-            scaler.load_state_dict(resume["scaler"])
-        state = dict(resume["state"])
-        print(f"fold {fold}: resuming after epoch {state['epoch']} (best AUC {state['best_auc']:.4f})")
+        path, ckpt = resume
+        try:  # Lookahead's slow weights and step counter live in the base Adam's state dict
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if scaler is not None and "scaler" in ckpt:
+                scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: does not fit this model and config ({str(e).splitlines()[0]}); "
+                                  f"delete {fold_dir} to train this fold again") from None
+        state = dict(ckpt["state"])
+        best = fold_dir / "best.pt"
+        if state["best_epoch"] == state["epoch"]:  # killed between last.pt and best.pt: rewrite best.pt
+            try:
+                best_epoch = load_checkpoint(best).get("epoch")
+            except CheckpointError:
+                best_epoch = None
+            if best_epoch != state["epoch"]:
+                save_checkpoint(best, {"model": model.state_dict(), "epoch": state["epoch"], "auc": state["best_auc"]})
+        print(f"fold {fold}: resuming from {path} after epoch {state['epoch']} (best AUC {state['best_auc']:.4f}, "
+              f"{state['bad_epochs']} epoch(s) without improvement)")
 
     log_path = fold_dir / "log.csv"
     log = pd.read_csv(log_path).iloc[:state["epoch"]] if log_path.exists() and state["epoch"] else pd.DataFrame()
     for epoch in range(state["epoch"], t.epochs):
         if state["bad_epochs"] >= t.patience:
             break
+        if stop():  # Ctrl-C during validation or saving: stop before starting another epoch
+            raise Interrupted(f"in fold {fold} after epoch {epoch} (saved)")
         seed = epoch_seed(t.seed, fold, epoch)
         torch.manual_seed(seed)
         train_loader.generator.manual_seed(seed)
@@ -234,7 +307,7 @@ def run_fold(cfg: C.Config, data: TrainData, fold: int, stop: StopFlag) -> pd.Da
             model, train_loader, optimizer, scheduler, scaler, rt, state["step"], t.mixup_prob, t.mixup_alpha,
             np.random.default_rng(seed), desc=f"fold {fold} epoch {epoch + 1}/{t.epochs}", should_stop=stop)
         if stop():
-            raise Interrupted(f"fold {fold} epoch {epoch + 1}")
+            raise Interrupted(f"in fold {fold} during epoch {epoch + 1} (not saved; it is redone)")
         optimizer.sync_lookahead()  # evaluate and save the slow weights
         train_time = time.time() - start
         pred = predict(model, val_loader, rt, tta=1, desc=f"fold {fold} validate")
@@ -242,7 +315,6 @@ def run_fold(cfg: C.Config, data: TrainData, fold: int, stop: StopFlag) -> pd.Da
         improved = auc > state["best_auc"]
         if improved:
             state.update(best_auc=auc, best_epoch=epoch + 1, bad_epochs=0)
-            save_checkpoint(fold_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1, "auc": auc})
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
@@ -257,17 +329,22 @@ def run_fold(cfg: C.Config, data: TrainData, fold: int, stop: StopFlag) -> pd.Da
         save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict(), "state": state,
                                **({"scaler": scaler.state_dict()} if scaler is not None else {})})
+        # best.pt after last.pt: a resume from an epoch never finds a best.pt of a later epoch, and
+        # a kill between the two is repaired on resume from last.pt's weights
+        if improved:
+            save_checkpoint(fold_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1, "auc": auc})
         print(f"fold {fold} epoch {epoch + 1}: loss {loss:.4f}  val AUC {auc:.4f}"
               f"{'  *best*' if improved else ''}  ({train_time:.0f}s train)")
 
     model.load_state_dict(load_checkpoint(fold_dir / "best.pt")["model"])
     pred = predict(model, val_loader, rt, tta=cfg.infer.tta, desc=f"fold {fold} OOF")
-    oof = data.df.iloc[val_idx][[d.id_col, d.group_col, "fold", d.target_col]].copy()
-    oof.columns = [d.id_col, d.group_col, "fold", "target"]
+    keep = [d.id_col] + ([d.group_col] if d.group_col else []) + ["fold", d.target_col]
+    oof = data.df.iloc[val_idx][keep].rename(columns={d.target_col: "target"})
     oof["pred"] = pred
     write_csv(fold_dir / "oof.csv", oof)
-    for name in ("last.pt", "last.prev.pt"):
-        (fold_dir / name).unlink(missing_ok=True)
+    for p in fold_dir.glob("last*.pt*"):  # last.pt, last.prev.pt and any set-aside .corrupt file
+        p.unlink()
+    remove_stale_temps(fold_dir)
     print(f"fold {fold}: best val AUC {state['best_auc']:.4f} at epoch {state['best_epoch']}, "
           f"OOF AUC (TTA x{cfg.infer.tta}) {roc_auc_score(oof['target'], pred):.4f}")
     return oof
@@ -281,12 +358,16 @@ def collect_oof(exp_dir: Path) -> pd.DataFrame:
 def train(cfg: C.Config, folds: list[int] | None = None, force: bool = False) -> pd.DataFrame:
     """Train the requested folds (default: all); finished folds are skipped unless ``force``."""
     torch.use_deterministic_algorithms(True, warn_only=True)
-    check_experiment(cfg, force)
-    data, _ = prepare(cfg)
+    changed = check_experiment(cfg, force)
+    data = prepare(cfg)
     exp = cfg.exp_dir
+    if changed and exp.exists():  # --force over another configuration: none of its results may stay
+        print(f"--force: deleting {exp}, which holds results of another configuration "
+              f"({', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''})", file=sys.stderr)
+        shutil.rmtree(exp)
     exp.mkdir(parents=True, exist_ok=True)
     write_text(exp / "config.yaml", C.to_yaml(cfg))
-    write_json(exp / "env.json", environment(cfg))
+    record_environment(exp / "env.json", environment(cfg))
     write_json(exp / "features.json", data.transform.to_dict())
     folds = folds if folds else (cfg.train.folds or list(range(cfg.folds.n_folds)))
     bad = [f for f in folds if not 0 <= f < cfg.folds.n_folds]
@@ -294,19 +375,24 @@ def train(cfg: C.Config, folds: list[int] | None = None, force: bool = False) ->
         raise C.ConfigError(f"fold(s) {bad} out of range 0..{cfg.folds.n_folds - 1}")
     stop = StopFlag()
     with stop.installed():
-        for fold in folds:
-            fold_dir = exp / f"fold{fold}"
-            if force:
-                for p in fold_dir.glob("*"):
-                    p.unlink()
-            if (fold_dir / "oof.csv").exists():
-                print(f"fold {fold}: done already ({fold_dir / 'oof.csv'}); --force retrains it")
-                continue
-            try:
+        try:
+            for fold in folds:
+                fold_dir = exp / f"fold{fold}"
+                if force and fold_dir.exists():
+                    shutil.rmtree(fold_dir)
+                if (fold_dir / "oof.csv").exists():
+                    print(f"fold {fold}: done already ({fold_dir / 'oof.csv'}); --force retrains it")
+                    continue
+                if stop():
+                    raise Interrupted(f"before fold {fold}")
                 run_fold(cfg, data, fold, stop)
-            except Interrupted as e:
-                print(f"interrupted in {e}; run the same command again to resume from the last finished epoch",
-                      file=sys.stderr)
-                raise
-            write_csv(exp / "oof.csv", collect_oof(exp))
-    return collect_oof(exp)
+                write_csv(exp / "oof.csv", collect_oof(exp))
+        except Interrupted as e:
+            again = "without --force" if force else "again"
+            print(f"interrupted {e}; run the same command {again} to resume from the last finished epoch",
+                  file=sys.stderr)
+            raise
+    oof = collect_oof(exp)
+    if not oof.empty:  # also when every fold was done already (a kill may have come before this table)
+        write_csv(exp / "oof.csv", oof)
+    return oof

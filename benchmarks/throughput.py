@@ -1,0 +1,313 @@
+"""Throughput: the pipeline's training and TTA inference against the model's own raw step.
+
+Run from the repository root (a few minutes on a 2-core CPU at the defaults)::
+
+    .venv/bin/python benchmarks/throughput.py
+    .venv/bin/python benchmarks/throughput.py --source generated --images 256 --workers 1
+    .venv/bin/python benchmarks/throughput.py --set train.cpu_bf16=true --threads 2
+
+What it measures, in one process:
+
+1. raw training step: random tensors already in memory, the same model, size, batch, precision and
+   Lookahead(Adam) as the pipeline; forward + backward + optimizer step, contiguous and channels_last
+   (the faster counts);
+2. the pipeline's training: the real ImageMetaDataset / make_loader / train_transform /
+   engine.train_one_epoch / trainer.build_optimizer / build_scheduler over full epochs with the image
+   cache warm (loader, augmentation, mixup, step and Lookahead sync included); the first epoch is a
+   warm-up, the rest are timed; validation (tta=1) is timed separately;
+3. raw forward (inference_mode, batches of infer.batch_size * tta) and the pipeline's engine.predict
+   with TTA, counting every view;
+4. peak resident memory of this process (ru_maxrss; loader workers are reported apart).
+
+Raw and pipeline blocks alternate round by round (pipeline epoch, raw contiguous, raw channels_last,
+...) so that load from other processes affects both alike; the contiguous blocks are half an epoch
+long (it only has to show whether it is the slower format). The ratios use total images over total
+time; the ratio of per-step medians is printed beside them as a noise check.
+
+Images: ``--source isic2017`` (../shared/data/isic2017/images, real 256x256 JPEGs; the default when
+present) or ``--source generated`` (synthetic 512x512 JPEGs from pipeline.sample.render_image,
+written to a temporary folder). The last line is machine-readable::
+
+    train_ratio=<pipeline/raw> infer_ratio=<pipeline/raw> peak_rss_mb=<MiB>
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.data import ImageMetaDataset, build_cache, make_loader, train_transform  # noqa: E402
+from pipeline.engine import forward, make_runtime, predict, train_one_epoch  # noqa: E402
+from pipeline.mixup import mixup_loss  # noqa: E402
+from pipeline.model import build_model  # noqa: E402
+from pipeline.trainer import build_optimizer, build_scheduler  # noqa: E402
+
+ISIC2017 = ROOT.parent / "shared" / "data" / "isic2017"
+N_META = 8  # width of the (random) meta vector; the meta MLP is tiny either way
+
+
+def source_images(source: str, n: int, tmp: Path) -> list[Path]:
+    if source == "isic2017":
+        paths = sorted((ISIC2017 / "images").glob("*.jpg"))
+        if len(paths) < n:
+            sys.exit(f"error: {ISIC2017 / 'images'} has {len(paths)} images, fewer than the {n} asked for")
+        return paths[:n]
+    # Synthetic dermoscopy-like 512 px JPEGs: a few distinct renders written under n names (decoding
+    # cost is what matters, and rendering at 512 px is slow).
+    from pipeline.sample import render_image
+    rng = np.random.default_rng(0)
+    renders = [render_image(rng, 512, rng.normal(), rng.random()) for _ in range(min(n, 24))]
+    folder = tmp / "images"
+    folder.mkdir()
+    paths = [folder / f"IMG_{i:05d}.jpg" for i in range(n)]
+    for i, p in enumerate(paths):
+        Image.fromarray(renders[i % len(renders)]).save(p, quality=90)
+    return paths
+
+
+class StepClock:
+    """Passed as train_one_epoch's ``should_stop``: it is called once after every step, so its
+    timestamps give per-step times (loader wait included) without touching the loop."""
+
+    def __init__(self):
+        self.times = [time.perf_counter()]
+
+    def __call__(self) -> bool:
+        self.times.append(time.perf_counter())
+        return False
+
+    def steps(self) -> list[float]:
+        return list(np.diff(self.times))
+
+
+class Tally:
+    """Images and seconds summed over timed blocks, plus per-step (or per-batch) times."""
+
+    def __init__(self):
+        self.images, self.seconds, self.steps = 0, 0.0, []
+
+    def add(self, images: int, seconds: float, steps: list[float]):
+        self.images += images
+        self.seconds += seconds
+        self.steps += steps
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds else float("nan")
+
+    def median_rate(self, per_step: int) -> float:
+        return per_step / statistics.median(self.steps) if self.steps else float("nan")
+
+
+def raw_train_block(model, opt, x, meta, y, rt, steps: int) -> tuple[float, list[float]]:
+    model.train()
+    times = []
+    start = time.perf_counter()
+    for _ in range(steps):
+        t = time.perf_counter()
+        loss = mixup_loss(forward(model, x, meta, rt), y, y, 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    return time.perf_counter() - start, times
+
+
+@torch.inference_mode()
+def raw_forward_block(model, x, meta, rt, batches: int) -> tuple[float, list[float]]:
+    model.eval()
+    times = []
+    start = time.perf_counter()
+    for _ in range(batches):
+        t = time.perf_counter()
+        torch.sigmoid(forward(model, x, meta, rt))
+        times.append(time.perf_counter() - t)
+    return time.perf_counter() - start, times
+
+
+def workers_peak_rss_mb() -> list[float]:
+    """Peak resident memory (VmHWM) of this process's children: the loader workers."""
+    out = []
+    for task in Path("/proc/self/task").glob("*/children"):
+        for pid in task.read_text().split():
+            try:
+                hwm = [ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("VmHWM")]
+            except OSError:
+                continue
+            out += [int(hwm[0].split()[1]) / 1024] if hwm else []
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backbone", default="tf_efficientnet_lite0")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--images", type=int, default=256, help="training images (one epoch)")
+    p.add_argument("--val-images", type=int, default=None, help="validation/inference images (default: 2 "
+                   "inference batches)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs; the first is a warm-up")
+    p.add_argument("--infer-rounds", type=int, default=2, help="TTA inference passes; the first is a warm-up")
+    p.add_argument("--tta", type=int, default=4)
+    p.add_argument("--workers", type=int, default=None, help="loader workers (default: train.num_workers)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--source", choices=["auto", "isic2017", "generated"], default="auto")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    args = p.parse_args(argv)
+    if args.epochs < 2 or args.infer_rounds < 2:
+        p.error("--epochs and --infer-rounds must be at least 2 (the first one is a warm-up)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    source = args.source if args.source != "auto" else ("isic2017" if (ISIC2017 / "images").is_dir() else "generated")
+
+    overrides = [f"model.backbone={args.backbone}", f"model.image_size={args.image_size}",
+                 f"train.batch_size={args.batch_size}", f"infer.tta={args.tta}", f"train.epochs={args.epochs}",
+                 *args.set]
+    if args.workers is not None:
+        overrides.append(f"train.num_workers={args.workers}")
+    cfg = load_config(None, overrides)
+    t, size = cfg.train, cfg.model.image_size
+    n_val = args.val_images or 2 * cfg.infer.batch_size
+    n_train = args.images - args.images % t.batch_size
+    if n_train < t.batch_size:
+        p.error("--images must be at least --batch-size")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+
+    with tempfile.TemporaryDirectory(prefix="throughput_") as tmp:
+        tmp = Path(tmp)
+        paths = source_images(source, n_train + n_val, tmp)
+        start = time.perf_counter()
+        build_cache(paths, size, tmp / "cache", desc="bench")
+        cold_cache_s = time.perf_counter() - start
+        images = build_cache(paths, size, tmp / "cache", desc="bench")  # warm: memory-mapped
+        images = images[0] if isinstance(images, tuple) else images  # (array, undecodable images)
+        meta = rng.standard_normal((len(paths), N_META)).astype(np.float32)
+        y = (rng.random(len(paths)) < 0.2).astype(np.float32)
+        train_rows, val_rows = np.arange(n_train), np.arange(n_train, n_train + n_val)
+
+        model = build_model(cfg, N_META)
+        rt = make_runtime(model, t.amp, t.cpu_bf16, t.channels_last)
+        # Raw twins, one per memory format, copied before any training so all start alike.
+        raw = {}
+        for fmt, cl in (("contiguous", False), ("channels_last", True)):
+            m = copy.deepcopy(model).to(rt.device)
+            x = torch.randn(t.batch_size, 3, size, size, device=rt.device)
+            xi = torch.randn(cfg.infer.batch_size * args.tta, 3, size, size, device=rt.device)
+            if cl:
+                m.to(memory_format=torch.channels_last)
+                x, xi = (v.contiguous(memory_format=torch.channels_last) for v in (x, xi))
+            raw[fmt] = dict(model=m, opt=build_optimizer(m, t), x=x, xi=xi,
+                            rt=dataclasses.replace(rt, channels_last=cl), train=Tally(), infer=Tally())
+        raw_meta = torch.randn(t.batch_size, N_META, device=rt.device)
+        raw_y = (torch.rand(t.batch_size, device=rt.device) < 0.2).float()
+        raw_meta_i = torch.randn(cfg.infer.batch_size * args.tta, N_META, device=rt.device)
+
+        # The pipeline, set up as trainer.run_fold does.
+        model.to(rt.device)
+        if rt.channels_last:
+            model.to(memory_format=torch.channels_last)
+        train_ds = ImageMetaDataset(images, train_rows, meta[train_rows], y[train_rows],
+                                    train_transform(t.aug_scale, t.aug_color), seed=t.seed)
+        val_ds = ImageMetaDataset(images, val_rows, meta[val_rows], y[val_rows])
+        pin = rt.device.type == "cuda"
+        train_loader = make_loader(train_ds, t.batch_size, True, t.num_workers, pin_memory=pin, drop_last=True)
+        val_loader = make_loader(val_ds, cfg.infer.batch_size, False, t.num_workers, pin_memory=pin)
+        steps_per_epoch = len(train_loader)
+        # The slower format only has to show that it is slower: contiguous blocks are half as long.
+        raw["contiguous"]["steps"], raw["channels_last"]["steps"] = max(2, steps_per_epoch // 2), steps_per_epoch
+        optimizer = build_optimizer(model, t)
+        scheduler = build_scheduler(optimizer, t, steps_per_epoch)
+        scaler = torch.amp.GradScaler() if rt.amp_dtype == torch.float16 else None
+
+        print(f"source {source}: {n_train} training + {n_val} validation images -> {size}px; "
+              f"{args.backbone}, batch {t.batch_size}, {steps_per_epoch} steps/epoch, {args.epochs} epochs; "
+              f"workers {t.num_workers}, torch threads {torch.get_num_threads()}, channels_last "
+              f"{t.channels_last}, autocast {rt.amp_dtype}, device {rt.device}", flush=True)
+        for r in raw.values():  # warm-up: first calls pick kernels and allocate
+            raw_train_block(r["model"], r["opt"], r["x"], raw_meta, raw_y, r["rt"], 2)
+
+        pipe_train, pipe_val, step = Tally(), Tally(), 0
+        for epoch in range(args.epochs):
+            timed = epoch > 0
+            torch.manual_seed(epoch)
+            train_loader.generator.manual_seed(epoch)
+            train_ds.set_epoch(epoch)
+            clock = StepClock()
+            _, step = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, rt, step, t.mixup_prob,
+                                      t.mixup_alpha, np.random.default_rng(epoch), desc=f"epoch {epoch + 1}",
+                                      should_stop=clock)
+            optimizer.sync_lookahead()
+            train_s = time.perf_counter() - clock.times[0]
+            start = time.perf_counter()
+            predict(model, val_loader, rt, tta=1, desc="validate")
+            val_s = time.perf_counter() - start
+            if timed:
+                pipe_train.add(n_train, train_s, clock.steps())
+                pipe_val.add(n_val, val_s, [])
+            for k, r in raw.items():
+                n = r["steps"]
+                s, steps = raw_train_block(r["model"], r["opt"], r["x"], raw_meta, raw_y, r["rt"], n)
+                if timed:
+                    r["train"].add(n * t.batch_size, s, steps)
+            print(f"epoch {epoch + 1}: pipeline {n_train / train_s:.1f} img/s" + (" (warm-up)" if not timed else "")
+                  + "".join(f", raw {k} {r['train'].rate:.1f}" for k, r in raw.items() if timed), flush=True)
+
+        pipe_infer = Tally()
+        batches = -(-n_val // cfg.infer.batch_size)
+        for r in raw.values():
+            raw_forward_block(r["model"], r["xi"], raw_meta_i, r["rt"], 1)
+        for rnd in range(args.infer_rounds):
+            start = time.perf_counter()
+            predict(model, val_loader, rt, tta=args.tta, desc="predict")
+            s = time.perf_counter() - start
+            if rnd > 0:
+                pipe_infer.add(n_val * args.tta, s, [])
+            for r in raw.values():
+                s, steps = raw_forward_block(r["model"], r["xi"], raw_meta_i, r["rt"], batches)
+                if rnd > 0:
+                    r["infer"].add(batches * len(r["xi"]), s, steps)
+        worker_mb = workers_peak_rss_mb()  # while the persistent loader workers are alive
+
+    best_train = max(raw.values(), key=lambda r: r["train"].rate)["train"]
+    best_infer = max(raw.values(), key=lambda r: r["infer"].rate)["infer"]
+    train_ratio, infer_ratio = pipe_train.rate / best_train.rate, pipe_infer.rate / best_infer.rate
+    per_step = t.batch_size
+    step_ratio = pipe_train.median_rate(per_step) / best_train.median_rate(per_step)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    rows = [("decode + resize into the cache (cold)", f"{len(paths) / cold_cache_s:.1f}", f"{len(paths)} images"),
+            *[(f"raw train step, {k}", f"{r['train'].rate:.1f}",
+               f"median step {1e3 * statistics.median(r['train'].steps):.0f} ms") for k, r in raw.items()],
+            ("pipeline training, epochs 2..", f"{pipe_train.rate:.1f}",
+             f"median step {1e3 * statistics.median(pipe_train.steps):.0f} ms"),
+            ("pipeline validation (tta 1)", f"{pipe_val.rate:.1f}", ""),
+            *[(f"raw forward, {k}", f"{r['infer'].rate:.1f}", f"batch {len(r['xi'])}") for k, r in raw.items()],
+            (f"pipeline inference, TTA x{args.tta} (views)", f"{pipe_infer.rate:.1f}", "")]
+    print(f"\n| {'measure':<40} | {'images/s':>9} | note")
+    print(f"|{'-' * 42}|{'-' * 11}|------")
+    for name, rate, note in rows:
+        print(f"| {name:<40} | {rate:>9} | {note}")
+    print(f"| {'train ratio (median steps, noise check)':<40} | {step_ratio:>9.3f} |")
+    print(f"| {'peak RSS: this process / loader workers':<40} | {rss_mb:>6.0f} MB | "
+          f"{', '.join(f'{m:.0f} MB' for m in worker_mb) or 'no workers'}\n")
+    print(f"train_ratio={train_ratio:.3f} infer_ratio={infer_ratio:.3f} peak_rss_mb={int(round(rss_mb))}")
+
+
+if __name__ == "__main__":
+    main()

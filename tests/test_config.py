@@ -1,0 +1,76 @@
+"""Config: typed dotted overrides, errors naming the key, YAML files, --help."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pipeline.config import Config, ConfigError, load_config
+
+from conftest import ROOT, run_cli
+
+
+def test_dotted_overrides_set_typed_values():
+    cfg = load_config(None, ["train.epochs=3", "train.lr=3e-4", "train.min_lr=0.5", "train.amp=false",
+                             "model.meta_hidden=[64, 16]", "name=123", "features.numeric=age_approx",
+                             "model.backbone=efficientnet_b0", "train.weight_decay=0"])
+    assert cfg.train.epochs == 3 and type(cfg.train.epochs) is int
+    assert cfg.train.lr == 3e-4 and type(cfg.train.lr) is float  # YAML reads 3e-4 as a string
+    assert cfg.train.min_lr == 0.5
+    assert cfg.train.weight_decay == 0.0 and type(cfg.train.weight_decay) is float
+    assert cfg.train.amp is False
+    assert cfg.model.meta_hidden == [64, 16]
+    assert cfg.name == "123"
+    assert cfg.features.numeric == ["age_approx"]
+    assert cfg.model.backbone == "efficientnet_b0"
+    assert Config().train.epochs != 3  # the defaults are left alone
+    assert load_config(None, []) == Config()
+
+
+def test_unknown_key_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match="'train.epoch'"):
+        load_config(None, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="'trian'"):
+        load_config(None, ["trian.epochs=3"])
+
+
+@pytest.mark.parametrize("override, key", [("train.epochs=abc", "train.epochs"), ("train.epochs=2.5", "train.epochs"),
+                                           ("train.lr=fast", "train.lr"), ("train.amp=maybe", "train.amp"),
+                                           ("model=3", "model")])
+def test_wrong_type_is_an_error(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config(None, [override])
+
+
+def test_yaml_file_then_overrides(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: from_yaml\ntrain:\n  epochs: 4\n  lr: 2.0e-4\nmodel:\n  image_size: 64\n")
+    cfg = load_config(path, ["train.epochs=6"])
+    assert (cfg.name, cfg.train.lr, cfg.model.image_size) == ("from_yaml", 2e-4, 64)
+    assert cfg.train.epochs == 6  # the override wins over the file
+    assert cfg.train.batch_size == Config().train.batch_size
+    path.write_text("train:\n  epohcs: 4\n")
+    with pytest.raises(ConfigError, match="'train.epohcs'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_help_lists_every_key_with_its_default(tmp_path):
+    out = run_cli(str(ROOT / "train.py"), "--help", cwd=tmp_path).stdout
+    lines = {line.split()[0]: line for line in out.splitlines() if "=" in line and line.startswith("  ")}
+
+    def walk(obj, prefix=""):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from walk(value, prefix + f.name + ".")
+            else:
+                yield prefix + f.name, value
+
+    keys = dict(walk(Config()))
+    assert len(keys) > 40
+    for key, default in keys.items():
+        assert key in lines, f"--help does not list {key}"
+        assert repr(default) in lines[key], lines[key]
+    assert "8" in lines["train.epochs"] and "tf_efficientnet_lite0" in lines["model.backbone"]
