@@ -19,10 +19,11 @@ What it measures, in one process:
    with TTA, counting every view;
 4. peak resident memory of this process (ru_maxrss; loader workers are reported apart).
 
-Raw and pipeline blocks alternate round by round (pipeline epoch, raw contiguous, raw channels_last,
-...) so that load from other processes affects both alike; the contiguous blocks are half an epoch
-long (it only has to show whether it is the slower format). The ratios use total images over total
-time; the ratio of per-step medians is printed beside them as a noise check.
+Raw and pipeline alternate step by step (each pipeline step or inference batch is followed by raw
+steps; the pipeline's time excludes them), so that load from other processes hits both alike; raw
+contiguous training runs every other step only (it just has to show whether it is the slower format).
+The ratios use total images over total time; the ratio of per-step medians is printed beside them as
+a noise check.
 
 Images: ``--source isic2017`` (../shared/data/isic2017/images, real 256x256 JPEGs; the default when
 present) or ``--source generated`` (synthetic 512x512 JPEGs from pipeline.sample.render_image,
@@ -80,19 +81,31 @@ def source_images(source: str, n: int, tmp: Path) -> list[Path]:
     return paths
 
 
-class StepClock:
-    """Passed as train_one_epoch's ``should_stop``: it is called once after every step, so its
-    timestamps give per-step times (loader wait included) without touching the loop."""
+class Interleaved:
+    """Wraps a loader: the pipeline iterates it as usual, and after each batch it has used,
+    ``between()`` runs raw steps. The pipeline's time is the wall time of its pass minus the time
+    spent in ``between``, so raw and pipeline alternate step by step and share the same noise."""
 
-    def __init__(self):
-        self.times = [time.perf_counter()]
+    def __init__(self, loader, between):
+        self.loader, self.between = loader, between
+        self.between_s, self.steps = 0.0, []  # per batch: fetch + the pipeline's work on it
 
-    def __call__(self) -> bool:
-        self.times.append(time.perf_counter())
-        return False
+    def __len__(self):
+        return len(self.loader)
 
-    def steps(self) -> list[float]:
-        return list(np.diff(self.times))
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            yield batch
+            back = time.perf_counter()
+            self.steps.append(back - start)
+            self.between()
+            self.between_s += time.perf_counter() - back
 
 
 class Tally:
@@ -114,30 +127,23 @@ class Tally:
         return per_step / statistics.median(self.steps) if self.steps else float("nan")
 
 
-def raw_train_block(model, opt, x, meta, y, rt, steps: int) -> tuple[float, list[float]]:
+def raw_train_step(r: dict, meta, y) -> float:
+    model, opt = r["model"], r["opt"]
     model.train()
-    times = []
     start = time.perf_counter()
-    for _ in range(steps):
-        t = time.perf_counter()
-        loss = mixup_loss(forward(model, x, meta, rt), y, y, 1.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t)
-    return time.perf_counter() - start, times
+    loss = mixup_loss(forward(model, r["x"], meta, r["rt"]), y, y, 1.0)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - start
 
 
 @torch.inference_mode()
-def raw_forward_block(model, x, meta, rt, batches: int) -> tuple[float, list[float]]:
-    model.eval()
-    times = []
+def raw_forward(r: dict, meta) -> float:
+    r["model"].eval()
     start = time.perf_counter()
-    for _ in range(batches):
-        t = time.perf_counter()
-        torch.sigmoid(forward(model, x, meta, rt))
-        times.append(time.perf_counter() - t)
-    return time.perf_counter() - start, times
+    torch.sigmoid(forward(r["model"], r["xi"], meta, r["rt"]))
+    return time.perf_counter() - start
 
 
 def workers_peak_rss_mb() -> list[float]:
@@ -203,7 +209,8 @@ def main(argv=None):
 
         model = build_model(cfg, N_META)
         rt = make_runtime(model, t.amp, t.cpu_bf16, t.channels_last)
-        # Raw twins, one per memory format, copied before any training so all start alike.
+        # Raw twins, one per memory format, copied before any training so all start alike. They run in the
+        # pipeline's precision (autocast) and take already-normalised float inputs of the same shape.
         raw = {}
         for fmt, cl in (("contiguous", False), ("channels_last", True)):
             m = copy.deepcopy(model).to(rt.device)
@@ -229,8 +236,6 @@ def main(argv=None):
         train_loader = make_loader(train_ds, t.batch_size, True, t.num_workers, pin_memory=pin, drop_last=True)
         val_loader = make_loader(val_ds, cfg.infer.batch_size, False, t.num_workers, pin_memory=pin)
         steps_per_epoch = len(train_loader)
-        # The slower format only has to show that it is slower: contiguous blocks are half as long.
-        raw["contiguous"]["steps"], raw["channels_last"]["steps"] = max(2, steps_per_epoch // 2), steps_per_epoch
         optimizer = build_optimizer(model, t)
         scheduler = build_scheduler(optimizer, t, steps_per_epoch)
         scaler = torch.amp.GradScaler() if rt.amp_dtype == torch.float16 else None
@@ -240,48 +245,57 @@ def main(argv=None):
               f"workers {t.num_workers}, torch threads {torch.get_num_threads()}, channels_last "
               f"{t.channels_last}, autocast {rt.amp_dtype}, device {rt.device}", flush=True)
         for r in raw.values():  # warm-up: first calls pick kernels and allocate
-            raw_train_block(r["model"], r["opt"], r["x"], raw_meta, raw_y, r["rt"], 2)
+            raw_train_step(r, raw_meta, raw_y)
+            raw_forward(r, raw_meta_i)
+        timed, calls = False, [0]
+
+        def train_between():
+            # One raw channels_last step per pipeline step; contiguous every other step (it only has
+            # to show whether it is the slower format).
+            calls[0] += 1
+            for k, r in raw.items():
+                if k == "channels_last" or calls[0] % 2 == 0:
+                    s = raw_train_step(r, raw_meta, raw_y)
+                    if timed:
+                        r["train"].add(t.batch_size, s, [s])
+
+        def infer_between():
+            for r in raw.values():
+                s = raw_forward(r, raw_meta_i)
+                if timed:
+                    r["infer"].add(len(r["xi"]), s, [s])
 
         pipe_train, pipe_val, step = Tally(), Tally(), 0
         for epoch in range(args.epochs):
-            timed = epoch > 0
+            timed = epoch > 0  # the first epoch is a warm-up for both
+            loader = Interleaved(train_loader, train_between)
+            start = time.perf_counter()
             torch.manual_seed(epoch)
             train_loader.generator.manual_seed(epoch)
             train_ds.set_epoch(epoch)
-            clock = StepClock()
-            _, step = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, rt, step, t.mixup_prob,
-                                      t.mixup_alpha, np.random.default_rng(epoch), desc=f"epoch {epoch + 1}",
-                                      should_stop=clock)
+            _, step = train_one_epoch(model, loader, optimizer, scheduler, scaler, rt, step, t.mixup_prob,
+                                      t.mixup_alpha, np.random.default_rng(epoch), desc=f"epoch {epoch + 1}")
             optimizer.sync_lookahead()
-            train_s = time.perf_counter() - clock.times[0]
+            train_s = time.perf_counter() - start - loader.between_s
             start = time.perf_counter()
             predict(model, val_loader, rt, tta=1, desc="validate")
             val_s = time.perf_counter() - start
             if timed:
-                pipe_train.add(n_train, train_s, clock.steps())
+                pipe_train.add(n_train, train_s, loader.steps)
                 pipe_val.add(n_val, val_s, [])
-            for k, r in raw.items():
-                n = r["steps"]
-                s, steps = raw_train_block(r["model"], r["opt"], r["x"], raw_meta, raw_y, r["rt"], n)
-                if timed:
-                    r["train"].add(n * t.batch_size, s, steps)
             print(f"epoch {epoch + 1}: pipeline {n_train / train_s:.1f} img/s" + (" (warm-up)" if not timed else "")
-                  + "".join(f", raw {k} {r['train'].rate:.1f}" for k, r in raw.items() if timed), flush=True)
+                  + "".join(f", raw {k} {r['train'].rate:.1f}" for k, r in raw.items() if timed)
+                  + f"; validation {n_val / val_s:.1f} img/s", flush=True)
 
         pipe_infer = Tally()
-        batches = -(-n_val // cfg.infer.batch_size)
-        for r in raw.values():
-            raw_forward_block(r["model"], r["xi"], raw_meta_i, r["rt"], 1)
         for rnd in range(args.infer_rounds):
+            timed = rnd > 0
+            loader = Interleaved(val_loader, infer_between)
             start = time.perf_counter()
-            predict(model, val_loader, rt, tta=args.tta, desc="predict")
-            s = time.perf_counter() - start
-            if rnd > 0:
+            predict(model, loader, rt, tta=args.tta, desc="predict")
+            s = time.perf_counter() - start - loader.between_s
+            if timed:
                 pipe_infer.add(n_val * args.tta, s, [])
-            for r in raw.values():
-                s, steps = raw_forward_block(r["model"], r["xi"], raw_meta_i, r["rt"], batches)
-                if rnd > 0:
-                    r["infer"].add(batches * len(r["xi"]), s, steps)
         worker_mb = workers_peak_rss_mb()  # while the persistent loader workers are alive
 
     best_train = max(raw.values(), key=lambda r: r["train"].rate)["train"]

@@ -25,11 +25,11 @@ def saved_config(exp_dir: Path) -> C.Config:
     return C.from_dict(yaml.safe_load(path.read_text()))
 
 
-def check_submission(sub: pd.DataFrame, expected_ids: pd.Series, id_col: str) -> None:
+def check_submission(sub: pd.DataFrame, expected_ids: pd.Series, id_col: str, pred_col: str = "target") -> None:
     """Every expected id exactly once, in order; probabilities in [0, 1]; no NaN."""
     if list(sub[id_col]) != list(expected_ids):
         raise ValueError("submission ids differ from sample_submission.csv (order, duplicates or missing ids)")
-    p = sub["target"].to_numpy()
+    p = sub[pred_col].to_numpy()
     if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
         raise ValueError("submission has NaN or probabilities outside [0, 1]")
 
@@ -66,11 +66,12 @@ def make_submission(cfg: C.Config, allow_missing_folds: bool | None = None) -> P
         preds.append(predict(model, loader, rt, tta=cfg.infer.tta, desc=f"fold {k} test"))
     id_col = trained.data.id_col
     by_id = pd.Series(np.mean(preds, axis=0), index=test[id_col])
-    sub = pd.DataFrame({id_col: sample[id_col], "target": by_id.loc[sample[id_col]].to_numpy()})
-    check_submission(sub, sample[id_col], id_col)
+    pred_col = next((c for c in sample.columns if c != id_col), trained.data.target_col)  # the template's name
+    sub = pd.DataFrame({id_col: sample[id_col], pred_col: by_id.loc[sample[id_col]].to_numpy()})
+    check_submission(sub, sample[id_col], id_col, pred_col)
     path = write_csv(exp / "submission.csv", sub)
     print(f"wrote {path}: {len(sub)} rows, folds {folds}, TTA x{cfg.infer.tta}, "
-          f"mean prediction {sub['target'].mean():.4f}")
+          f"mean prediction {sub[pred_col].mean():.4f}")
     return path
 
 

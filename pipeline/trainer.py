@@ -11,6 +11,7 @@ Layout of an experiment folder (``<output_dir>/<name>/``)::
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import signal
@@ -124,11 +125,14 @@ def prepare(cfg: C.Config) -> TrainData:
     """Load and check the training data and its images, make or reuse the folds, fit the meta
     transform: every data problem surfaces here, before any training."""
     d = cfg.data
-    if d.generate_sample and not data_path(cfg, d.train_csv).exists():
+    # only into a new or empty folder: in a folder of real data a missing table is the user's error below
+    if d.generate_sample and not data_path(cfg, d.train_csv).exists() and not any(Path(d.root).glob("*")):
         from .sample import ensure_sample
         print(f"writing the bundled synthetic sample into {d.root}")
         ensure_sample(Path(d.root))
     df = load_train(cfg)
+    if d.test_csv:
+        load_test(cfg)  # a broken test table or missing test image is reported now, not after training
     images, bad = build_cache([Path(p) for p in df["image_path"]], cfg.model.image_size, Path(d.cache_dir), "train")
     df["cache_row"] = np.arange(len(df))
     if bad:
@@ -189,7 +193,11 @@ class StopFlag:
 
     @contextmanager
     def installed(self):
+        owner = os.getpid()
+
         def handler(signum, frame):
+            if os.getpid() != owner:  # a forked data-loader worker: the main process decides
+                return
             if self.stop:  # a second Ctrl-C: stop now
                 raise KeyboardInterrupt
             self.stop = True
@@ -350,8 +358,9 @@ def run_fold(cfg: C.Config, data: TrainData, fold: int, stop: StopFlag) -> pd.Da
     return oof
 
 
-def collect_oof(exp_dir: Path) -> pd.DataFrame:
-    parts = [pd.read_csv(p) for p in sorted(exp_dir.glob("fold*/oof.csv"))]
+def collect_oof(exp_dir: Path, id_cols: tuple = ()) -> pd.DataFrame:
+    """Every finished fold's OOF rows; id and group columns stay text (ids such as 00012 keep their zeros)."""
+    parts = [pd.read_csv(p, dtype={c: "string" for c in id_cols if c}) for p in sorted(exp_dir.glob("fold*/oof.csv"))]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -374,8 +383,9 @@ def train(cfg: C.Config, folds: list[int] | None = None, force: bool = False) ->
     if bad:
         raise C.ConfigError(f"fold(s) {bad} out of range 0..{cfg.folds.n_folds - 1}")
     stop = StopFlag()
-    with stop.installed():
-        try:
+    id_cols = (cfg.data.id_col, cfg.data.group_col)
+    try:
+        with stop.installed():
             for fold in folds:
                 fold_dir = exp / f"fold{fold}"
                 if force and fold_dir.exists():
@@ -386,13 +396,16 @@ def train(cfg: C.Config, folds: list[int] | None = None, force: bool = False) ->
                 if stop():
                     raise Interrupted(f"before fold {fold}")
                 run_fold(cfg, data, fold, stop)
-                write_csv(exp / "oof.csv", collect_oof(exp))
-        except Interrupted as e:
-            again = "without --force" if force else "again"
-            print(f"interrupted {e}; run the same command {again} to resume from the last finished epoch",
-                  file=sys.stderr)
-            raise
-    oof = collect_oof(exp)
-    if not oof.empty:  # also when every fold was done already (a kill may have come before this table)
-        write_csv(exp / "oof.csv", oof)
+                write_csv(exp / "oof.csv", collect_oof(exp, id_cols))
+    except Interrupted as e:
+        again = "without --force" if force else "again"
+        print(f"interrupted {e}; run the same command {again} to resume from the last finished epoch",
+              file=sys.stderr)
+        raise
+    finally:  # the table always matches the finished folds: after --force, an error, or a kill before it
+        oof = collect_oof(exp, id_cols)
+        if oof.empty:
+            (exp / "oof.csv").unlink(missing_ok=True)
+        else:
+            write_csv(exp / "oof.csv", oof)
     return oof

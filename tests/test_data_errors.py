@@ -69,8 +69,8 @@ def snapshot(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def fails_before_training(cfg: C.Config, *parts: str, error=DataError) -> str:
-    """train() on an existing experiment (same config, a sentinel oof.csv) must raise ``error`` with a
+def fails_before_training(cfg: C.Config, *parts: str) -> str:
+    """train() on an existing experiment (same config, a sentinel oof.csv) must raise DataError with a
     one-line message containing ``parts``, and leave every file of the experiment as it was."""
     exp = cfg.exp_dir
     (exp / "fold0").mkdir(parents=True)
@@ -78,7 +78,7 @@ def fails_before_training(cfg: C.Config, *parts: str, error=DataError) -> str:
     (exp / "oof.csv").write_text(SENTINEL)
     (exp / "fold0" / "oof.csv").write_text(SENTINEL)
     before = snapshot(exp)
-    with pytest.raises(error) as info:
+    with pytest.raises(DataError) as info:
         trainer.train(cfg)
     assert snapshot(exp) == before, "files of the existing experiment changed"
     assert not list(exp.glob("fold*/*.pt")) and not (exp / "fold1").exists()
@@ -139,6 +139,29 @@ def test_duplicate_ids_listed_with_their_count(data, tmp_path):
     first = df["image_name"][:7].tolist()
     fails_before_training(make_cfg(data, tmp_path), f"{data / 'train.csv'}: duplicate ids in column 'image_name'",
                           *first[:3], "(7 in all)")
+
+
+def test_empty_ids_are_counted(data, tmp_path):
+    df = read(data / "train.csv")
+    df.loc[60:66, "image_name"] = pd.NA
+    df.to_csv(data / "train.csv", index=False)
+    fails_before_training(make_cfg(data, tmp_path), f"{data / 'train.csv'}: column 'image_name' is empty in 7 row(s)")
+
+
+@pytest.mark.parametrize("case", ["missing_column", "same_ids"])
+def test_bad_external_table(data, tmp_path, case):
+    ext = read(data / "train.csv")[:10]
+    if case == "missing_column":
+        ext = ext.drop(columns="sex").assign(image_name=lambda d: "EXT_" + d["image_name"])
+        for old, new in zip(read(data / "train.csv")["image_name"][:10], ext["image_name"]):
+            shutil.copy(data / "train" / f"{old}.jpg", data / "train" / f"{new}.jpg")
+    ext.rename(columns={"image_name": "image"}).to_csv(data / "external.csv", index=False)
+    cfg = make_cfg(data, tmp_path, **{"data.external_csv": "external.csv",
+                                      "data.external_rename": "{image: image_name}"})
+    says = ["missing column(s) sex (after data.external_rename"] if case == "missing_column" else \
+        [f"ids also in {data / 'train.csv'}", *sorted(ext["image_name"])[:5], "(10 in all)"]
+    msg = fails_before_training(cfg, *says)
+    assert msg.startswith(f"{data / 'external.csv'}:")
 
 
 @pytest.mark.parametrize("value, shown", [("unknown", "'unknown'"), (2, "'2'"), (np.nan, "'nan'")],

@@ -345,7 +345,7 @@ def test_isic2017_real_data_through_its_config(tmp_path):
     assert (data.meta[:, names.index("age_approximate_missing")] == unknown_age).all()
     assert (data.meta[unknown_age, names.index("age_approximate")] == 0).all()
     per_fold = df.groupby("fold")["melanoma"].agg(["size", "sum"])
-    assert per_fold.index.tolist() == [0, 1, 2, 3, 4] and (per_fold["size"] == 400).all()
+    assert per_fold.index.tolist() == [0, 1, 2, 3, 4] and (per_fold["size"] - 400).abs().max() <= 2
     assert (per_fold["sum"] - df["melanoma"].sum() / 5).abs().max() <= 1
     test, sub = load_test(cfg)
     assert test["image_id"].tolist() == meta["image_id"][meta["split"] == "val"].tolist() == sub["image_id"].tolist()
