@@ -60,8 +60,8 @@ def meta_baselines(cfg) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: " + ", ".join(VARIANTS))
-    p.add_argument("--image-size", type=int, default=96)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--output-dir", default="oof/bench")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "isic2017_results.md"))
     args = p.parse_args()
@@ -73,7 +73,7 @@ def main() -> int:
         return 1
     rows = {}
     for variant in args.variants.split(","):
-        cfg = load_config(config, base + VARIANTS[variant] + [f"name=isic2017_{variant}"])
+        cfg = load_config(config, base + VARIANTS[variant] + [f"name=isic2017_{variant}_{args.image_size}px_{args.epochs}ep"])
         start = time.time()
         train(cfg)
         rows[variant] = {**report(cfg.exp_dir, plot=variant == "full"), "minutes": (time.time() - start) / 60}

@@ -53,8 +53,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data import ImageMetaDataset, build_cache, make_loader, train_transform  # noqa: E402
-from pipeline.engine import forward, make_runtime, predict, train_one_epoch  # noqa: E402
-from pipeline.mixup import mixup_loss  # noqa: E402
+from pipeline.engine import forward, make_runtime, predict, to_input, train_one_epoch  # noqa: E402
+from pipeline.mixup import mixup, mixup_loss  # noqa: E402
 from pipeline.model import build_model  # noqa: E402
 from pipeline.trainer import build_optimizer, build_scheduler  # noqa: E402
 
@@ -88,7 +88,7 @@ class Interleaved:
 
     def __init__(self, loader, between):
         self.loader, self.between = loader, between
-        self.between_s, self.steps = 0.0, []  # per batch: fetch + the pipeline's work on it
+        self.between_s, self.steps, self.fetch = 0.0, [], []  # per batch: fetch + work on it; fetch alone
 
     def __len__(self):
         return len(self.loader)
@@ -101,6 +101,7 @@ class Interleaved:
                 batch = next(it)
             except StopIteration:
                 return
+            self.fetch.append(time.perf_counter() - start)
             yield batch
             back = time.perf_counter()
             self.steps.append(back - start)
@@ -146,6 +147,15 @@ def raw_forward(r: dict, meta) -> float:
     return time.perf_counter() - start
 
 
+def median_ms(fn, repeats: int = 15) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
 def workers_peak_rss_mb() -> list[float]:
     """Peak resident memory (VmHWM) of this process's children: the loader workers."""
     out = []
@@ -164,7 +174,7 @@ def main(argv=None):
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--images", type=int, default=256, help="training images (one epoch)")
+    p.add_argument("--images", type=int, default=512, help="training images (one epoch)")
     p.add_argument("--val-images", type=int, default=None, help="validation/inference images (default: 2 "
                    "inference batches)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs; the first is a warm-up")
@@ -265,7 +275,7 @@ def main(argv=None):
                 if timed:
                     r["infer"].add(len(r["xi"]), s, [s])
 
-        pipe_train, pipe_val, step = Tally(), Tally(), 0
+        pipe_train, pipe_val, fetch, step = Tally(), Tally(), [], 0
         for epoch in range(args.epochs):
             timed = epoch > 0  # the first epoch is a warm-up for both
             loader = Interleaved(train_loader, train_between)
@@ -282,10 +292,13 @@ def main(argv=None):
             val_s = time.perf_counter() - start
             if timed:
                 pipe_train.add(n_train, train_s, loader.steps)
+                fetch += loader.fetch
                 pipe_val.add(n_val, val_s, [])
             print(f"epoch {epoch + 1}: pipeline {n_train / train_s:.1f} img/s" + (" (warm-up)" if not timed else "")
                   + "".join(f", raw {k} {r['train'].rate:.1f}" for k, r in raw.items() if timed)
-                  + f"; validation {n_val / val_s:.1f} img/s", flush=True)
+                  + f"; validation {n_val / val_s:.1f} img/s; pipeline steps {sum(loader.steps):.2f}s (first "
+                  f"{loader.steps[0]:.2f}s, slowest {max(loader.steps):.2f}s), outside steps "
+                  f"{train_s - sum(loader.steps):.2f}s", flush=True)
 
         pipe_infer = Tally()
         for rnd in range(args.infer_rounds):
@@ -297,6 +310,12 @@ def main(argv=None):
             if timed:
                 pipe_infer.add(n_val * args.tta, s, [])
         worker_mb = workers_peak_rss_mb()  # while the persistent loader workers are alive
+
+        # The pipeline's own per-step tensor work, alone: to_input and mixup (applied to half the batches).
+        batch = next(iter(train_loader))
+        extra_ms = {"to_input": median_ms(lambda: to_input(batch[0], rt))}
+        x = to_input(batch[0], rt)
+        extra_ms["mixup"] = median_ms(lambda: mixup(x, batch[1], batch[2], 1.0, t.mixup_alpha, rng))
 
     best_train = max(raw.values(), key=lambda r: r["train"].rate)["train"]
     best_infer = max(raw.values(), key=lambda r: r["infer"].rate)["infer"]
@@ -310,6 +329,8 @@ def main(argv=None):
                f"median step {1e3 * statistics.median(r['train'].steps):.0f} ms") for k, r in raw.items()],
             ("pipeline training, epochs 2..", f"{pipe_train.rate:.1f}",
              f"median step {1e3 * statistics.median(pipe_train.steps):.0f} ms"),
+            ("  of which waiting for the loader", "", f"median {1e3 * statistics.median(fetch):.1f} ms per step"),
+            ("  to_input / mixup alone", "", " / ".join(f"{v:.1f} ms" for v in extra_ms.values())),
             ("pipeline validation (tta 1)", f"{pipe_val.rate:.1f}", ""),
             *[(f"raw forward, {k}", f"{r['infer'].rate:.1f}", f"batch {len(r['xi'])}") for k, r in raw.items()],
             (f"pipeline inference, TTA x{args.tta} (views)", f"{pipe_infer.rate:.1f}", "")]
