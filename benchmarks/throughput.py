@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import os
 import resource
 import statistics
 import sys
@@ -175,8 +174,8 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--images", type=int, default=512, help="training images (one epoch)")
-    p.add_argument("--val-images", type=int, default=None, help="validation/inference images (default: 2 "
-                   "inference batches)")
+    p.add_argument("--val-images", type=int, default=None, help="validation/inference images, whole batches "
+                   "of infer.batch_size (default: 2 batches)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs; the first is a warm-up")
     p.add_argument("--infer-rounds", type=int, default=2, help="TTA inference passes; the first is a warm-up")
     p.add_argument("--tta", type=int, default=4)
@@ -198,7 +197,9 @@ def main(argv=None):
         overrides.append(f"train.num_workers={args.workers}")
     cfg = load_config(None, overrides)
     t, size = cfg.train, cfg.model.image_size
-    n_val = args.val_images or 2 * cfg.infer.batch_size
+    # Whole inference batches only, so that each one matches the raw forward's batch.
+    infer_bs = min(cfg.infer.batch_size, args.val_images or cfg.infer.batch_size)
+    n_val = (args.val_images or 2 * infer_bs) // infer_bs * infer_bs
     n_train = args.images - args.images % t.batch_size
     if n_train < t.batch_size:
         p.error("--images must be at least --batch-size")
@@ -225,7 +226,7 @@ def main(argv=None):
         for fmt, cl in (("contiguous", False), ("channels_last", True)):
             m = copy.deepcopy(model).to(rt.device)
             x = torch.randn(t.batch_size, 3, size, size, device=rt.device)
-            xi = torch.randn(cfg.infer.batch_size * args.tta, 3, size, size, device=rt.device)
+            xi = torch.randn(infer_bs * args.tta, 3, size, size, device=rt.device)
             if cl:
                 m.to(memory_format=torch.channels_last)
                 x, xi = (v.contiguous(memory_format=torch.channels_last) for v in (x, xi))
@@ -233,7 +234,7 @@ def main(argv=None):
                             rt=dataclasses.replace(rt, channels_last=cl), train=Tally(), infer=Tally())
         raw_meta = torch.randn(t.batch_size, N_META, device=rt.device)
         raw_y = (torch.rand(t.batch_size, device=rt.device) < 0.2).float()
-        raw_meta_i = torch.randn(cfg.infer.batch_size * args.tta, N_META, device=rt.device)
+        raw_meta_i = torch.randn(infer_bs * args.tta, N_META, device=rt.device)
 
         # The pipeline, set up as trainer.run_fold does.
         model.to(rt.device)
@@ -244,7 +245,7 @@ def main(argv=None):
         val_ds = ImageMetaDataset(images, val_rows, meta[val_rows], y[val_rows])
         pin = rt.device.type == "cuda"
         train_loader = make_loader(train_ds, t.batch_size, True, t.num_workers, pin_memory=pin, drop_last=True)
-        val_loader = make_loader(val_ds, cfg.infer.batch_size, False, t.num_workers, pin_memory=pin)
+        val_loader = make_loader(val_ds, infer_bs, False, t.num_workers, pin_memory=pin)
         steps_per_epoch = len(train_loader)
         optimizer = build_optimizer(model, t)
         scheduler = build_scheduler(optimizer, t, steps_per_epoch)
