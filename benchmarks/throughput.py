@@ -46,13 +46,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import default_collate
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.data import ImageMetaDataset, build_cache, make_loader, train_transform  # noqa: E402
-from pipeline.engine import forward, make_runtime, predict, to_input, train_one_epoch  # noqa: E402
+from pipeline.data import ImageMetaDataset, build_cache, collate, make_loader, train_transform  # noqa: E402
+from pipeline.engine import (forward, make_runtime, one_thread, predict, to_input, train_one_epoch,  # noqa: E402
+                             tta_views)
 from pipeline.mixup import mixup, mixup_loss  # noqa: E402
 from pipeline.model import build_model  # noqa: E402
 from pipeline.trainer import build_optimizer, build_scheduler  # noqa: E402
@@ -146,13 +148,15 @@ def raw_forward(r: dict, meta) -> float:
     return time.perf_counter() - start
 
 
-def median_ms(fn, repeats: int = 15) -> float:
-    times = []
+def ab_ms(fa, fb, repeats: int = 15) -> tuple[float, float]:
+    """Median milliseconds of two functions, run alternately so that both see the same load."""
+    times = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for fn, out in zip((fa, fb), times):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times[0]), 1e3 * statistics.median(times[1])
 
 
 def workers_peak_rss_mb() -> list[float]:
@@ -177,7 +181,7 @@ def main(argv=None):
     p.add_argument("--val-images", type=int, default=None, help="validation/inference images, whole batches "
                    "of infer.batch_size (default: 2 batches)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs; the first is a warm-up")
-    p.add_argument("--infer-rounds", type=int, default=2, help="TTA inference passes; the first is a warm-up")
+    p.add_argument("--infer-rounds", type=int, default=3, help="TTA inference passes; the first is a warm-up")
     p.add_argument("--tta", type=int, default=4)
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: train.num_workers)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -312,11 +316,29 @@ def main(argv=None):
                 pipe_infer.add(n_val * args.tta, s, [])
         worker_mb = workers_peak_rss_mb()  # while the persistent loader workers are alive
 
-        # The pipeline's own per-step tensor work, alone: to_input and mixup (applied to half the batches).
-        batch = next(iter(train_loader))
-        extra_ms = {"to_input": median_ms(lambda: to_input(batch[0], rt))}
-        x = to_input(batch[0], rt)
-        extra_ms["mixup"] = median_ms(lambda: mixup(x, batch[1], batch[2], 1.0, t.mixup_alpha, rng))
+        # The loop's own chores alone, on all threads vs on one (engine.one_thread) and torch.stack vs
+        # numpy collate (data.collate), alternated repeat by repeat.
+        samples = [train_ds[i] for i in range(t.batch_size)]
+        images_b, meta_b, y_b = collate(samples)
+        val_images = next(iter(val_loader))[0]
+
+        def train_chores():
+            x = to_input(images_b, rt)
+            return mixup(x, meta_b, y_b, 1.0, t.mixup_alpha, rng)
+
+        def infer_chores():
+            return to_input(torch.cat(tta_views(val_images, args.tta)), rt)
+
+        def single(fn):
+            def run():
+                with one_thread(rt):
+                    fn()
+            return run
+
+        chores = {"to_input + mixup per training step, all threads / one": ab_ms(train_chores, single(train_chores)),
+                  f"TTA x{args.tta} views + to_input per batch, all threads / one": ab_ms(infer_chores, single(infer_chores)),
+                  f"collate {t.batch_size} images, torch.stack / numpy": ab_ms(lambda: default_collate(samples),
+                                                                               lambda: collate(samples))}
 
     best_train = max(raw.values(), key=lambda r: r["train"].rate)["train"]
     best_infer = max(raw.values(), key=lambda r: r["infer"].rate)["infer"]
@@ -331,7 +353,6 @@ def main(argv=None):
             ("pipeline training, epochs 2..", f"{pipe_train.rate:.1f}",
              f"median step {1e3 * statistics.median(pipe_train.steps):.0f} ms"),
             ("  of which waiting for the loader", "", f"median {1e3 * statistics.median(fetch):.1f} ms per step"),
-            ("  to_input / mixup alone", "", " / ".join(f"{v:.1f} ms" for v in extra_ms.values())),
             ("pipeline validation (tta 1)", f"{pipe_val.rate:.1f}", ""),
             *[(f"raw forward, {k}", f"{r['infer'].rate:.1f}", f"batch {len(r['xi'])}") for k, r in raw.items()],
             (f"pipeline inference, TTA x{args.tta} (views)", f"{pipe_infer.rate:.1f}", "")]
@@ -341,7 +362,11 @@ def main(argv=None):
         print(f"| {name:<40} | {rate:>9} | {note}")
     print(f"| {'train ratio (median steps, noise check)':<40} | {step_ratio:>9.3f} |")
     print(f"| {'peak RSS: this process / loader workers':<40} | {rss_mb:>6.0f} MB | "
-          f"{', '.join(f'{m:.0f} MB' for m in worker_mb) or 'no workers'}\n")
+          f"{', '.join(f'{m:.0f} MB' for m in worker_mb) or 'no workers'}")
+    print("\nthe loop's chores alone, median ms: before -> as the pipeline runs them")
+    for name, (a, b) in chores.items():
+        print(f"  {name:<50} {a:7.2f} -> {b:6.2f}")
+    print()
     print(f"train_ratio={train_ratio:.3f} infer_ratio={infer_ratio:.3f} peak_rss_mb={int(round(rss_mb))}")
 
 

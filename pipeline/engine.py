@@ -6,6 +6,7 @@ on the device, which is channels_last by construction (a permuted NHWC buffer).
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,23 @@ def to_input(images: torch.Tensor, rt: Runtime) -> torch.Tensor:
     return x if rt.channels_last else x.contiguous()
 
 
+@contextlib.contextmanager
+def one_thread(rt: Runtime):
+    """Runs the loop's own tensor chores (uint8 -> float, mixup, TTA flips) on one CPU thread. They
+    are short and memory-bound; on two threads each op ends in a barrier which, on a CPU shared with
+    other processes, often waits for a descheduled thread longer than the work takes
+    (benchmarks/README.md). The model itself keeps all threads."""
+    threads = torch.get_num_threads()
+    if rt.device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def forward(model, x: torch.Tensor, meta: torch.Tensor, rt: Runtime) -> torch.Tensor:
     with rt.autocast():
         return model(x, meta.to(rt.device, non_blocking=True)).float()
@@ -67,10 +85,11 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, st
     total, seen = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
     for images, meta, y in bar:
-        x = to_input(images, rt)
         y = y.to(rt.device)
         meta = meta.to(rt.device)
-        x, meta, y_a, y_b, lam = mixup(x, meta, y, mixup_prob, mixup_alpha, rng)
+        with one_thread(rt):
+            x = to_input(images, rt)
+            x, meta, y_a, y_b, lam = mixup(x, meta, y, mixup_prob, mixup_alpha, rng)
         loss = mixup_loss(forward(model, x, meta, rt), y_a, y_b, lam)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -92,9 +111,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, st
 
 def tta_views(images: torch.Tensor, n: int) -> list[torch.Tensor]:
     """The first ``n`` of the 8 flips/transposes of a uint8 NHWC batch."""
-    t = images.transpose(1, 2)
-    views = [images, images.flip(2), images.flip(1), images.flip(1, 2), t, t.flip(2), t.flip(1), t.flip(1, 2)]
-    return views[:n]
+    # A generator: only the views asked for are made (each flip is a copy).
+    views = (v.flip(d) if d else v for v in (images, images.transpose(1, 2)) for d in ((), (2,), (1,), (1, 2)))
+    return list(itertools.islice(views, n))
 
 
 @torch.inference_mode()
@@ -104,7 +123,8 @@ def predict(model, loader, rt: Runtime, tta: int = 1, desc: str = "predict") -> 
     out = []
     for images, meta, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
         b = images.shape[0]
-        x = to_input(torch.cat(tta_views(images, tta)), rt)
+        with one_thread(rt):
+            x = to_input(torch.cat(tta_views(images, tta)) if tta > 1 else images, rt)
         probs = torch.sigmoid(forward(model, x, meta.repeat(tta, 1), rt))
         out.append(probs.view(tta, b).mean(0).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
