@@ -46,13 +46,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import default_collate
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.data import ImageMetaDataset, build_cache, collate, make_loader, train_transform  # noqa: E402
+from pipeline.data import ImageMetaDataset, build_cache, make_loader, train_transform  # noqa: E402
 from pipeline.engine import (forward, make_runtime, one_thread, predict, to_input, train_one_epoch,  # noqa: E402
                              tta_views)
 from pipeline.mixup import mixup, mixup_loss  # noqa: E402
@@ -316,10 +315,8 @@ def main(argv=None):
                 pipe_infer.add(n_val * args.tta, s, [])
         worker_mb = workers_peak_rss_mb()  # while the persistent loader workers are alive
 
-        # The loop's own chores alone, on all threads vs on one (engine.one_thread) and torch.stack vs
-        # numpy collate (data.collate), alternated repeat by repeat.
-        samples = [train_ds[i] for i in range(t.batch_size)]
-        images_b, meta_b, y_b = collate(samples)
+        # The loop's own chores alone, on all threads vs on one (engine.one_thread), alternated.
+        images_b, meta_b, y_b = next(iter(train_loader))
         val_images = next(iter(val_loader))[0]
 
         def train_chores():
@@ -336,9 +333,7 @@ def main(argv=None):
             return run
 
         chores = {"to_input + mixup per training step, all threads / one": ab_ms(train_chores, single(train_chores)),
-                  f"TTA x{args.tta} views + to_input per batch, all threads / one": ab_ms(infer_chores, single(infer_chores)),
-                  f"collate {t.batch_size} images, torch.stack / numpy": ab_ms(lambda: default_collate(samples),
-                                                                               lambda: collate(samples))}
+                  f"TTA x{args.tta} views + to_input per batch, all threads / one": ab_ms(infer_chores, single(infer_chores))}
 
     best_train = max(raw.values(), key=lambda r: r["train"].rate)["train"]
     best_infer = max(raw.values(), key=lambda r: r["infer"].rate)["infer"]

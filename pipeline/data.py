@@ -151,18 +151,9 @@ class SeededShuffle(Sampler):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
-def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """default_collate's result, stacked by numpy: torch.stack runs on all intra-op threads, and on
-    a busy 2-core CPU its barrier waits cost more than the copy (benchmarks/README.md)."""
-    images, meta, y = zip(*batch)
-    return (torch.from_numpy(np.stack([i.numpy() for i in images])),
-            torch.from_numpy(np.stack([m.numpy() for m in meta])), torch.from_numpy(np.array(y, np.float32)))
-
-
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int = 0,
                 pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
     gen = torch.Generator().manual_seed(seed)
     sampler = SeededShuffle(len(ds), gen) if shuffle else None
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers, generator=gen,
-                      collate_fn=collate, pin_memory=pin_memory, drop_last=drop_last,
-                      persistent_workers=num_workers > 0)
+                      pin_memory=pin_memory, drop_last=drop_last, persistent_workers=num_workers > 0)
