@@ -246,7 +246,7 @@ def main(argv=None):
         if rt.channels_last:
             model.to(memory_format=torch.channels_last)
         train_ds = ImageMetaDataset(images, train_rows, meta[train_rows], y[train_rows],
-                                    train_transform(t.aug_scale, t.aug_color), seed=t.seed)
+                                    train_transform(t.augment, t.aug_scale, t.aug_color), seed=t.seed)
         val_ds = ImageMetaDataset(images, val_rows, meta[val_rows], y[val_rows])
         pin = rt.device.type == "cuda"
         train_loader = make_loader(train_ds, t.batch_size, True, t.num_workers, pin_memory=pin, drop_last=True)

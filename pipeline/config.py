@@ -99,6 +99,7 @@ class TrainConfig:
     amp: bool = opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")
     cpu_bf16: bool = opt(False, "bf16 autocast on CPU")
     channels_last: bool = opt(True, "channels_last memory format")
+    augment: str = opt("fused", "training augmentation: fused (one warp + one colour matrix) or albumentations (same ops, slower)")
     aug_scale: float = opt(0.1, "random scale jitter (+-)")
     aug_color: float = opt(0.1, "brightness/contrast/saturation jitter (+-)")
 
@@ -131,6 +132,7 @@ class Config:
             (1 <= self.infer.tta <= 8, "infer.tta must be between 1 and 8"),
             (self.data.on_bad_image in ("fail", "skip"), "data.on_bad_image must be 'fail' or 'skip'"),
             (self.features.fit_on in ("train", "train+test"), "features.fit_on must be 'train' or 'train+test'"),
+            (self.train.augment in ("fused", "albumentations"), "train.augment must be 'fused' or 'albumentations'"),
             (0.0 <= self.train.mixup_prob <= 1.0, "train.mixup_prob must be in [0, 1]"),
             (self.train.lookahead_k >= 1, "train.lookahead_k must be >= 1"),
             (self.train.epochs >= 1, "train.epochs must be >= 1"),

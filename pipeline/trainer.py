@@ -264,7 +264,7 @@ def run_fold(cfg: C.Config, data: TrainData, fold: int, stop: StopFlag) -> pd.Da
 
     cache_rows = data.df["cache_row"].to_numpy()
     train_ds = ImageMetaDataset(data.images, cache_rows[train_idx], data.meta[train_idx], y[train_idx],
-                                train_transform(t.aug_scale, t.aug_color), seed=epoch_seed(t.seed, fold, 0))
+                                train_transform(t.augment, t.aug_scale, t.aug_color), seed=epoch_seed(t.seed, fold, 0))
     val_ds = ImageMetaDataset(data.images, cache_rows[val_idx], data.meta[val_idx], y[val_idx])
     pin = rt.device.type == "cuda"
     train_loader = make_loader(train_ds, t.batch_size, True, t.num_workers, pin_memory=pin, drop_last=True)
