@@ -7,7 +7,6 @@ import sys
 from . import config as C
 
 
-
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, epilog=C.help_text(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,4 +61,6 @@ def infer_main(argv=None):
     args = p.parse_intermixed_args(argv)
     cfg = load(args)
     from .predict import make_submission
-    make_submission(cfg, allow_missing_folds=args.allow_missing_folds or None)
+    # data.* overrides also redirect the trained experiment's test set (its saved config holds the rest)
+    make_submission(cfg, allow_missing_folds=args.allow_missing_folds or None,
+                    data_overrides=[o for o in args.overrides if o.strip().startswith("data.")])

@@ -225,9 +225,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    cfg = from_dict(values)
+    return with_overrides(from_dict(values), overrides or [])
+
+
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """``cfg`` with ``section.key=value`` overrides applied and checked (in place)."""
     try:
-        _update(cfg, parse_overrides(overrides or []))
+        _update(cfg, parse_overrides(overrides))
     except ConfigError as e:
         raise ConfigError(f"{e} (in the command-line overrides)") from None
     cfg.__post_init__()

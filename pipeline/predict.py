@@ -34,10 +34,13 @@ def check_submission(sub: pd.DataFrame, expected_ids: pd.Series, id_col: str, pr
         raise ValueError("submission has NaN or probabilities outside [0, 1]")
 
 
-def make_submission(cfg: C.Config, allow_missing_folds: bool | None = None) -> Path:
-    """Predict the test set with each trained fold and TTA; write ``<exp_dir>/submission.csv``."""
+def make_submission(cfg: C.Config, allow_missing_folds: bool | None = None,
+                    data_overrides: list[str] = ()) -> Path:
+    """Predict the test set with each trained fold and TTA; write ``<exp_dir>/submission.csv``.
+    The model and features are the trained experiment's; ``data_overrides`` (``data.key=value``)
+    say where its test set lies now, e.g. trained here and predicted on Kaggle."""
     exp = cfg.exp_dir
-    trained = saved_config(exp)  # the model and features exactly as they were trained
+    trained = C.with_overrides(saved_config(exp), list(data_overrides))
     allow = cfg.infer.allow_missing_folds if allow_missing_folds is None else allow_missing_folds
     folds = [k for k in range(trained.folds.n_folds) if (exp / f"fold{k}" / "oof.csv").exists()]
     missing = sorted(set(range(trained.folds.n_folds)) - set(folds))

@@ -50,3 +50,19 @@ def run_cli(*args, cwd: Path, timeout: int = 600, check: bool = True) -> subproc
         raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
                              f"stderr:\n{proc.stderr[-3000:]}")
     return proc
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models train many times faster on one thread than on two cores shared with other jobs;
+    the environment variable carries it into the CLI subprocesses."""
+    import torch
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(before)
+    if env is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = env

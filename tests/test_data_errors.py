@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,19 +29,9 @@ SENTINEL = "image_name,fold,target,pred\nISIC_sentinel,0,1,0.5\n"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train many times faster on one thread than on two cores shared with other jobs
-    (here and in the CLI subprocesses); module scope, so that it also covers the module fixtures."""
-    import torch
-    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
+def one_thread(one_torch_thread):
+    """Module scope, so that it also covers the module fixtures."""
     yield
-    torch.set_num_threads(before)
-    if env is None:
-        del os.environ["OMP_NUM_THREADS"]
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
 
 
 def copy_data(src: Path, dst: Path) -> Path:

@@ -52,6 +52,14 @@ def train_and_predict(tiny_data, work):
     run.oof = read(run.dir / "oof.csv")
     run.sub = read(run.dir / "submission.csv")
     run.sample = read(tiny_data / "sample_submission.csv")
+
+    # Predict a copy of the data elsewhere (as on Kaggle): data.root at inference points there; its
+    # sample_submission is reversed, so only a submission made from the copy follows its order.
+    moved = work / "moved"
+    shutil.copytree(tiny_data, moved)
+    run.sample.iloc[::-1].to_csv(moved / "sample_submission.csv", index=False)
+    run_cli(INFER, *args, f"data.root={moved}", cwd=work)
+    run.sub_moved = read(run.dir / "submission.csv")
     return run
 
 
@@ -91,6 +99,12 @@ def test_submission_matches_sample_submission(exp):
     assert exp.sub["target"].nunique() > 1
     # three folds averaged differ from fold 0 alone
     assert not np.allclose(exp.sub["target"], exp.sub_fold0["target"])
+
+
+def test_infer_reads_the_test_set_where_data_overrides_point(exp):
+    assert list(exp.sub_moved["image_name"]) == list(exp.sample["image_name"])[::-1]
+    same = exp.sub.set_index("image_name")["target"]
+    np.testing.assert_allclose(exp.sub_moved.set_index("image_name")["target"].loc[same.index], same, atol=1e-6)
 
 
 def test_infer_with_a_missing_fold_fails_clearly_unless_allowed(exp):

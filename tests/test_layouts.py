@@ -15,7 +15,6 @@ that the configs' column, folder and extension names fit those layouts:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -43,19 +42,9 @@ TINY = {"model.image_size": 32, "folds.n_folds": 2, "train.epochs": 1, "train.ba
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train many times faster on one thread than on two cores shared with other jobs
-    (here and in the CLI subprocesses); module scope, so that it also covers the module fixtures."""
-    import torch
-    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
+def one_thread(one_torch_thread):
+    """Module scope, so that it also covers the module fixtures."""
     yield
-    torch.set_num_threads(before)
-    if env is None:
-        del os.environ["OMP_NUM_THREADS"]
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
 
 
 def overrides(root: Path, work: Path, **extra) -> list[str]:
