@@ -9,8 +9,9 @@ Run from the repository root (a few minutes on a 2-core CPU at the defaults)::
 What it measures, in one process:
 
 1. raw training step: random tensors already in memory, the same model, size, batch, precision and
-   Lookahead(Adam) as the pipeline; forward + backward + optimizer step, contiguous and channels_last
-   (the faster counts);
+   Lookahead(Adam) as the pipeline; forward + backward + optimizer step. A short probe alternating
+   contiguous and channels_last finds the faster format, which is the one measured against the
+   pipeline;
 2. the pipeline's training: the real ImageMetaDataset / make_loader / train_transform /
    engine.train_one_epoch / trainer.build_optimizer / build_scheduler over full epochs with the image
    cache warm (loader, augmentation, mixup, step and Lookahead sync included); the first epoch is a
@@ -19,11 +20,14 @@ What it measures, in one process:
    with TTA, counting every view;
 4. peak resident memory of this process (ru_maxrss; loader workers are reported apart).
 
-Raw and pipeline alternate step by step (each pipeline step or inference batch is followed by raw
-steps; the pipeline's time excludes them), so that load from other processes hits both alike; raw
-contiguous training runs every 4th step only (it just has to show whether it is the slower format).
-Epochs are 32 steps by default: real ones are longer still, and per-epoch costs (the first step after
-validation re-allocates memory) weigh more in short ones.
+Raw and pipeline alternate step by step (each pipeline step or inference batch is followed by a raw
+step in the faster format; the pipeline's time excludes it), so that load from other processes hits
+both alike. When the faster format is the pipeline's, the raw step runs on the pipeline's own model
+and optimizer, as it would be in training: stepping a second model in between costs both sides, as
+each step starts with the other model's memory in the caches and the allocator.
+An epoch is 1,600 images by default (50 steps), the size of a real one: a training fold of ISIC 2017.
+Per-epoch costs (the first step after validation allocates its memory afresh) weigh more in shorter
+epochs than real training has.
 The ratios use total images over total time; the ratio of per-step medians is printed beside them as
 a noise check.
 
@@ -178,12 +182,13 @@ def main(argv=None):
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--images", type=int, default=1024, help="training images (one epoch)")
+    p.add_argument("--images", type=int, default=1600, help="training images (one epoch)")
     p.add_argument("--val-images", type=int, default=None, help="validation/inference images, whole batches "
                    "of infer.batch_size (default: 2 batches)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs; the first is a warm-up")
     p.add_argument("--infer-rounds", type=int, default=3, help="TTA inference passes; the first is a warm-up")
     p.add_argument("--tta", type=int, default=4)
+    p.add_argument("--probe-steps", type=int, default=6, help="raw steps per memory format to find the faster")
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: train.num_workers)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--source", choices=["auto", "isic2017", "generated"], default="auto")
@@ -236,7 +241,8 @@ def main(argv=None):
                 m.to(memory_format=torch.channels_last)
                 x, xi = (v.contiguous(memory_format=torch.channels_last) for v in (x, xi))
             raw[fmt] = dict(model=m, opt=build_optimizer(m, t), x=x, xi=xi,
-                            rt=dataclasses.replace(rt, channels_last=cl), train=Tally(), infer=Tally())
+                            rt=dataclasses.replace(rt, channels_last=cl), train=Tally(), infer=Tally(),
+                            probe_train=Tally(), probe_infer=Tally())
         raw_meta = torch.randn(t.batch_size, N_META, device=rt.device)
         raw_y = (torch.rand(t.batch_size, device=rt.device) < 0.2).float()
         raw_meta_i = torch.randn(infer_bs * args.tta, N_META, device=rt.device)
@@ -263,23 +269,41 @@ def main(argv=None):
         for r in raw.values():  # warm-up: first calls pick kernels and allocate
             raw_train_step(r, raw_meta, raw_y)
             raw_forward(r, raw_meta_i)
-        timed, calls = False, [0]
+        # Which memory format runs the raw step and forward faster: a short probe, the two formats
+        # alternating. The epochs below interleave the pipeline with the faster format only: a step
+        # that follows a step in the other format starts with cold kernels and caches, and pays for it.
+        for _ in range(args.probe_steps):
+            for r in raw.values():
+                s = raw_train_step(r, raw_meta, raw_y)
+                r["probe_train"].add(t.batch_size, s, [s])
+                s = raw_forward(r, raw_meta_i)
+                r["probe_infer"].add(len(r["xi"]), s, [s])
+        best_train_fmt = max(raw, key=lambda k: raw[k]["probe_train"].rate)
+        best_infer_fmt = max(raw, key=lambda k: raw[k]["probe_infer"].rate)
+        print("probe, images/s: " + ", ".join(
+            f"{k} step {r['probe_train'].rate:.1f} forward {r['probe_infer'].rate:.1f}" for k, r in raw.items())
+            + f"; faster: {best_train_fmt} (step), {best_infer_fmt} (forward)", flush=True)
+        # Beside the pipeline, the raw step runs on the pipeline's own model and optimizer where the
+        # faster format is the pipeline's: the same weights, optimizer state and memory. A twin model
+        # stepped in between would make every step of both start with the other model's memory in the
+        # caches and the allocator (measured: 10% slower raw steps than in the probe).
+        pipe_fmt = "channels_last" if rt.channels_last else "contiguous"
+        train_raw, infer_raw = (dict(raw[f], model=model, opt=optimizer, rt=rt) if f == pipe_fmt else raw[f]
+                                for f in (best_train_fmt, best_infer_fmt))
+        used_twins = {f for f in (best_train_fmt, best_infer_fmt) if f != pipe_fmt}
+        for f in set(raw) - used_twins:  # free the twins no longer used
+            del raw[f]["model"], raw[f]["opt"]
+        timed = False
 
-        def train_between():
-            # One raw channels_last step per pipeline step; contiguous every 4th step (it only has to
-            # show whether it is the slower format).
-            calls[0] += 1
-            for k, r in raw.items():
-                if k == "channels_last" or calls[0] % 4 == 0:
-                    s = raw_train_step(r, raw_meta, raw_y)
-                    if timed:
-                        r["train"].add(t.batch_size, s, [s])
+        def train_between():  # one raw step of the faster format per pipeline step
+            s = raw_train_step(train_raw, raw_meta, raw_y)
+            if timed:
+                train_raw["train"].add(t.batch_size, s, [s])
 
         def infer_between():
-            for r in raw.values():
-                s = raw_forward(r, raw_meta_i)
-                if timed:
-                    r["infer"].add(len(r["xi"]), s, [s])
+            s = raw_forward(infer_raw, raw_meta_i)
+            if timed:
+                infer_raw["infer"].add(len(infer_raw["xi"]), s, [s])
 
         pipe_train, pipe_val, fetch, step = Tally(), Tally(), [], 0
         for epoch in range(args.epochs):
@@ -301,7 +325,7 @@ def main(argv=None):
                 fetch += loader.fetch
                 pipe_val.add(n_val, val_s, [])
             print(f"epoch {epoch + 1}: pipeline {n_train / train_s:.1f} img/s" + (" (warm-up)" if not timed else "")
-                  + "".join(f", raw {k} {r['train'].rate:.1f}" for k, r in raw.items() if timed)
+                  + (f", raw {best_train_fmt} {raw[best_train_fmt]['train'].rate:.1f}" if timed else "")
                   + f"; validation {n_val / val_s:.1f} img/s; pipeline steps {sum(loader.steps):.2f}s (first "
                   f"{loader.steps[0]:.2f}s, slowest {max(loader.steps):.2f}s), outside steps "
                   f"{train_s - sum(loader.steps):.2f}s", flush=True)
@@ -337,21 +361,24 @@ def main(argv=None):
         chores = {"to_input + mixup per training step, all threads / one": ab_ms(train_chores, single(train_chores)),
                   f"TTA x{args.tta} views + to_input per batch, all threads / one": ab_ms(infer_chores, single(infer_chores))}
 
-    best_train = max(raw.values(), key=lambda r: r["train"].rate)["train"]
-    best_infer = max(raw.values(), key=lambda r: r["infer"].rate)["infer"]
+    best_train, best_infer = raw[best_train_fmt]["train"], raw[best_infer_fmt]["infer"]
     train_ratio, infer_ratio = pipe_train.rate / best_train.rate, pipe_infer.rate / best_infer.rate
     per_step = t.batch_size
     step_ratio = pipe_train.median_rate(per_step) / best_train.median_rate(per_step)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     rows = [("decode + resize into the cache (cold)", f"{len(paths) / cold_cache_s:.1f}", f"{len(paths)} images"),
-            *[(f"raw train step, {k}", f"{r['train'].rate:.1f}",
-               f"median step {1e3 * statistics.median(r['train'].steps):.0f} ms") for k, r in raw.items()],
+            *[(f"raw train step, {k} (probe)", f"{r['probe_train'].rate:.1f}",
+               f"median step {1e3 * statistics.median(r['probe_train'].steps):.0f} ms") for k, r in raw.items()],
+            (f"raw train step, {best_train_fmt} (interleaved)", f"{best_train.rate:.1f}",
+             f"median step {1e3 * statistics.median(best_train.steps):.0f} ms"),
             ("pipeline training, epochs 2..", f"{pipe_train.rate:.1f}",
              f"median step {1e3 * statistics.median(pipe_train.steps):.0f} ms"),
             ("  of which waiting for the loader", "", f"median {1e3 * statistics.median(fetch):.1f} ms per step"),
             ("pipeline validation (tta 1)", f"{pipe_val.rate:.1f}", ""),
-            *[(f"raw forward, {k}", f"{r['infer'].rate:.1f}", f"batch {len(r['xi'])}") for k, r in raw.items()],
+            *[(f"raw forward, {k} (probe)", f"{r['probe_infer'].rate:.1f}", f"batch {len(r['xi'])}")
+              for k, r in raw.items()],
+            (f"raw forward, {best_infer_fmt} (interleaved)", f"{best_infer.rate:.1f}", f"batch {len(raw[best_infer_fmt]['xi'])}"),
             (f"pipeline inference, TTA x{args.tta} (views)", f"{pipe_infer.rate:.1f}", "")]
     print(f"\n| {'measure':<40} | {'images/s':>9} | note")
     print(f"|{'-' * 42}|{'-' * 11}|------")

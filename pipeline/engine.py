@@ -6,6 +6,7 @@ on the device, which is channels_last by construction (a permuted NHWC buffer).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 from dataclasses import dataclass
 
@@ -32,7 +33,22 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
+def keep_freed_memory(limit: int = 1 << 30) -> bool:
+    """Tell glibc's malloc to keep freed blocks up to ``limit`` bytes for reuse rather than hand them
+    back to the OS: by default every large tensor (activations, gradients) is a fresh mmap, and each
+    training step page-faults its memory in again. On a 2-core CPU this made the training step of
+    tf_efficientnet_lite0 about 15% faster, with 10x fewer page faults (benchmarks/README.md); the
+    cost is that resident memory stays at its peak. Linux with glibc only; elsewhere nothing."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, limit)) and bool(libc.mallopt(m_trim_threshold, limit))
+
+
 def make_runtime(model: torch.nn.Module, amp: bool, cpu_bf16: bool, channels_last: bool) -> Runtime:
+    keep_freed_memory()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp else None

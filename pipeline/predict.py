@@ -62,7 +62,8 @@ def make_submission(cfg: C.Config, allow_missing_folds: bool | None = None,
     for k in folds:
         model = build_model(trained, meta.shape[1], pretrained="none")
         model.load_state_dict(load_checkpoint(exp / f"fold{k}" / "best.pt")["model"])
-        rt = make_runtime(model, trained.train.amp, trained.train.cpu_bf16, trained.train.channels_last)
+        rt = make_runtime(model, trained.train.amp, trained.train.cpu_bf16 or cfg.infer.cpu_bf16,
+                          trained.train.channels_last)
         model.to(rt.device)
         if rt.channels_last:
             model.to(memory_format=torch.channels_last)

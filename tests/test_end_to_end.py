@@ -53,6 +53,9 @@ def train_and_predict(tiny_data, work):
     run.sub = read(run.dir / "submission.csv")
     run.sample = read(tiny_data / "sample_submission.csv")
 
+    run_cli(INFER, *args, "infer.cpu_bf16=true", cwd=work)
+    run.sub_bf16 = read(run.dir / "submission.csv")
+
     # Predict a copy of the data elsewhere (as on Kaggle): data.root at inference points there; its
     # sample_submission is reversed, so only a submission made from the copy follows its order.
     moved = work / "moved"
@@ -105,6 +108,12 @@ def test_infer_reads_the_test_set_where_data_overrides_point(exp):
     assert list(exp.sub_moved["image_name"]) == list(exp.sample["image_name"])[::-1]
     same = exp.sub.set_index("image_name")["target"]
     np.testing.assert_allclose(exp.sub_moved.set_index("image_name")["target"].loc[same.index], same, atol=1e-6)
+
+
+def test_bf16_test_predictions_are_close_to_float32(exp):
+    check_submission(exp.sub_bf16, exp.sample)
+    diff = (exp.sub_bf16["target"] - exp.sub["target"]).abs()
+    assert 0 < diff.max() < 0.02, diff.max()  # bf16 was used, and only rounding changed
 
 
 def test_infer_with_a_missing_fold_fails_clearly_unless_allowed(exp):
