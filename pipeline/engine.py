@@ -10,6 +10,7 @@ import ctypes
 import itertools
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import timm
 import torch
@@ -49,6 +50,11 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
 
 def make_runtime(model: torch.nn.Module, amp: bool, cpu_bf16: bool, channels_last: bool) -> Runtime:
     keep_freed_memory()
+    # OpenCV's thread pool (the augmentation's warps) spins waiting for work after each call, on the
+    # cores torch's threads need for the step that follows: with 2 OpenCV threads a training step
+    # ran 5-10% slower on a 2-core CPU, with 1 (the augmentation itself 1 ms slower per batch) it did
+    # not (benchmarks/README.md).
+    cv2.setNumThreads(1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp else None
