@@ -325,7 +325,7 @@ def main(argv=None):
                 fetch += loader.fetch
                 pipe_val.add(n_val, val_s, [])
             print(f"epoch {epoch + 1}: pipeline {n_train / train_s:.1f} img/s" + (" (warm-up)" if not timed else "")
-                  + (f", raw {best_train_fmt} {raw[best_train_fmt]['train'].rate:.1f}" if timed else "")
+                  + (f", raw {best_train_fmt} {train_raw['train'].rate:.1f}" if timed else "")
                   + f"; validation {n_val / val_s:.1f} img/s; pipeline steps {sum(loader.steps):.2f}s (first "
                   f"{loader.steps[0]:.2f}s, slowest {max(loader.steps):.2f}s), outside steps "
                   f"{train_s - sum(loader.steps):.2f}s", flush=True)
@@ -361,7 +361,7 @@ def main(argv=None):
         chores = {"to_input + mixup per training step, all threads / one": ab_ms(train_chores, single(train_chores)),
                   f"TTA x{args.tta} views + to_input per batch, all threads / one": ab_ms(infer_chores, single(infer_chores))}
 
-    best_train, best_infer = raw[best_train_fmt]["train"], raw[best_infer_fmt]["infer"]
+    best_train, best_infer = train_raw["train"], infer_raw["infer"]
     train_ratio, infer_ratio = pipe_train.rate / best_train.rate, pipe_infer.rate / best_infer.rate
     per_step = t.batch_size
     step_ratio = pipe_train.median_rate(per_step) / best_train.median_rate(per_step)
@@ -378,7 +378,7 @@ def main(argv=None):
             ("pipeline validation (tta 1)", f"{pipe_val.rate:.1f}", ""),
             *[(f"raw forward, {k} (probe)", f"{r['probe_infer'].rate:.1f}", f"batch {len(r['xi'])}")
               for k, r in raw.items()],
-            (f"raw forward, {best_infer_fmt} (interleaved)", f"{best_infer.rate:.1f}", f"batch {len(raw[best_infer_fmt]['xi'])}"),
+            (f"raw forward, {best_infer_fmt} (interleaved)", f"{best_infer.rate:.1f}", f"batch {len(infer_raw['xi'])}"),
             (f"pipeline inference, TTA x{args.tta} (views)", f"{pipe_infer.rate:.1f}", "")]
     print(f"\n| {'measure':<40} | {'images/s':>9} | note")
     print(f"|{'-' * 42}|{'-' * 11}|------")

@@ -198,11 +198,13 @@ class ImageMetaDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i):
-        img = np.array(self.images[self.rows[i]])  # a writable copy of the cached pixels
+        img = self.images[self.rows[i]]  # a read-only view of the cached pixels
         if self.transform is not None:
             seed = (self.seed * 1_000_003 + self.epoch * 7919 + i) % 2**32  # one random stream per sample
-            img = self.transform(img, np.random.default_rng(seed))
-        return torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(self.meta[i]), self.targets[i]
+            img = self.transform(img, np.random.default_rng(seed))  # usually a new array already
+        if not (img.flags.writeable and img.flags.c_contiguous):
+            img = np.array(img)  # torch gets its own writable, contiguous pixels
+        return torch.from_numpy(img), torch.from_numpy(self.meta[i]), self.targets[i]
 
 
 class SeededShuffle(Sampler):

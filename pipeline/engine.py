@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -48,13 +49,19 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
     return bool(libc.mallopt(m_mmap_threshold, limit)) and bool(libc.mallopt(m_trim_threshold, limit))
 
 
-def make_runtime(model: torch.nn.Module, amp: bool, cpu_bf16: bool, channels_last: bool) -> Runtime:
+@functools.cache
+def tune_process() -> None:
+    """Process-wide settings for the loop, made once: glibc keeps freed memory, and OpenCV runs on
+    one thread. OpenCV's thread pool (the augmentation's warps) spins waiting for work after each
+    call, on the cores torch's threads need for the step that follows: with 2 OpenCV threads a
+    training step ran 5-10% slower on a 2-core CPU, with 1 (the augmentation itself 1 ms slower per
+    batch) it did not (benchmarks/README.md)."""
     keep_freed_memory()
-    # OpenCV's thread pool (the augmentation's warps) spins waiting for work after each call, on the
-    # cores torch's threads need for the step that follows: with 2 OpenCV threads a training step
-    # ran 5-10% slower on a 2-core CPU, with 1 (the augmentation itself 1 ms slower per batch) it did
-    # not (benchmarks/README.md).
     cv2.setNumThreads(1)
+
+
+def make_runtime(model: torch.nn.Module, amp: bool, cpu_bf16: bool, channels_last: bool) -> Runtime:
+    tune_process()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp else None

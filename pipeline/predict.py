@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def check_submission(sub: pd.DataFrame, expected_ids: pd.Series, id_col: str, pr
 
 
 def make_submission(cfg: C.Config, allow_missing_folds: bool | None = None,
-                    data_overrides: list[str] = ()) -> Path:
+                    data_overrides: Sequence[str] = ()) -> Path:
     """Predict the test set with each trained fold and TTA; write ``<exp_dir>/submission.csv``.
     The model and features are the trained experiment's; ``data_overrides`` (``data.key=value``)
     say where its test set lies now, e.g. trained here and predicted on Kaggle."""

@@ -1,8 +1,9 @@
 """The fused training augmentation does what its albumentations twin does, exactly where it can."""
 import numpy as np
 import pytest
+import torch
 
-from pipeline.data import FusedAugment, LUMA, train_transform
+from pipeline.data import FusedAugment, ImageMetaDataset, LUMA, train_transform
 
 RNG = np.random.default_rng(0)
 IMG = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
@@ -57,3 +58,18 @@ def test_augment_is_seeded_uint8_and_keeps_shape(kind):
     assert all(x.dtype == np.uint8 and x.shape == IMG.shape for x in a)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert len({x.tobytes() for x in a}) > 3
+
+
+@pytest.mark.parametrize("kind", [None, "fused", "albumentations"])
+def test_dataset_reads_the_read_only_cache_without_changing_it(tmp_path, kind):
+    np.save(tmp_path / "cache.npy", np.stack([IMG, IMG[::-1]]))
+    cache = np.load(tmp_path / "cache.npy", mmap_mode="r")  # read-only, as build_cache returns it
+    ds = ImageMetaDataset(cache, np.array([1, 0]), np.zeros((2, 3)), np.array([0, 1]),
+                          train_transform(kind, 0.1, 0.1) if kind else None)
+    for i in range(2):
+        img, meta, y = ds[i]
+        assert img.dtype == torch.uint8 and img.shape == IMG.shape
+        img += 1  # a tensor of its own: writing to it must not touch the cache
+        if kind is None:
+            np.testing.assert_array_equal(img.numpy() - 1, cache[ds.rows[i]])
+    np.testing.assert_array_equal(cache[0], IMG)
