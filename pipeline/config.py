@@ -14,9 +14,7 @@ from pathlib import Path
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override is wrong; the message names the key."""
+from .errors import ConfigError  # noqa: F401 - re-exported: config.ConfigError
 
 
 def opt(default, help: str):
@@ -57,6 +55,8 @@ class FeatureConfig:
     file_size: bool = opt(False, "add log(image file size), standardised")
     group_context: bool = opt(False, "add the image's file-size z-score and rank among its group's images")
     fit_on: str = opt("train", "fit the transform on 'train' or 'train+test'")
+    max_bad_fraction: float = opt(0.05, "largest fraction of a numeric column's rows that may be non-numbers or "
+                                        "far outside its range (made missing, with a warning); above it, an error")
 
 
 @dataclass

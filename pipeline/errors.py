@@ -1,18 +1,32 @@
-"""The pipeline's expected errors: each message is one line naming the file, column, key or rows.
+"""The pipeline's own error types: wrong input from the user, each message one line naming the
+file, column, key or rows. The command line turns exactly these into ``error: <message>`` and exit
+code 2; any other exception is a bug and keeps its traceback.
 
 Kept free of heavy imports so the command line can report them without loading torch.
 """
 
 
-class DataError(ValueError):
+class PipelineError(Exception):
+    """Base of every error that is the user's to fix (never a bug in the pipeline)."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """A config file, override or command-line option is wrong; the message names the key."""
+
+
+class DataError(PipelineError, ValueError):
     """The data does not match the config."""
 
 
-class ExperimentError(RuntimeError):
-    """The experiment folder holds results of a different configuration."""
+class ExperimentError(PipelineError):
+    """The experiment folder holds something else: another configuration, other data, foreign files."""
 
 
-class CheckpointError(RuntimeError):
+class LockedError(ExperimentError):
+    """Another live process is training the same fold of the same experiment."""
+
+
+class CheckpointError(PipelineError):
     """A checkpoint file is missing, truncated, corrupt or unsafe."""
 
 
