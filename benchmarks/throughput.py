@@ -223,7 +223,7 @@ def main(argv=None):
         build_cache(paths, size, tmp / "cache", desc="bench")
         cold_cache_s = time.perf_counter() - start
         images = build_cache(paths, size, tmp / "cache", desc="bench")  # warm: memory-mapped
-        images = images[0] if isinstance(images, tuple) else images  # (array, undecodable images)
+        images = images.images
         meta = rng.standard_normal((len(paths), N_META)).astype(np.float32)
         y = (rng.random(len(paths)) < 0.2).astype(np.float32)
         train_rows, val_rows = np.arange(n_train), np.arange(n_train, n_train + n_val)

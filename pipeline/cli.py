@@ -29,11 +29,12 @@ def parse_folds(text: str | None) -> list[int] | None:
 
 
 def run(main) -> None:
-    """Turn expected errors into one line on stderr and exit code 2; Ctrl-C into 130."""
-    from .errors import CheckpointError, DataError, ExperimentError, Interrupted
+    """Turn the pipeline's own errors (wrong input: pipeline.errors) into one line on stderr and exit
+    code 2; Ctrl-C into 130. Any other exception is a bug: its traceback is shown."""
+    from .errors import Interrupted, PipelineError
     try:
         sys.exit(main() or 0)
-    except (C.ConfigError, DataError, ExperimentError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except (Interrupted, KeyboardInterrupt):

@@ -128,19 +128,55 @@ class Config:
         return Path(self.output_dir) / self.name
 
     def __post_init__(self):
+        """Every value's range, checked when the config is loaded: before any file is written."""
+        d, f, m, t, i = self.data, self.features, self.model, self.train, self.infer
         checks = [
+            (_plain_name(self.name), f"name must be a plain folder name (not empty, no '/' or '\\', not '.' or "
+                                     f"'..'), got {self.name!r}"),
+            (self.output_dir.strip() != "", "output_dir must not be empty"),
             (self.folds.n_folds >= 2, "folds.n_folds must be at least 2"),
-            (1 <= self.infer.tta <= 8, "infer.tta must be between 1 and 8"),
-            (self.data.on_bad_image in ("fail", "skip"), "data.on_bad_image must be 'fail' or 'skip'"),
-            (self.features.fit_on in ("train", "train+test"), "features.fit_on must be 'train' or 'train+test'"),
-            (self.train.augment in ("fused", "albumentations"), "train.augment must be 'fused' or 'albumentations'"),
-            (0.0 <= self.train.mixup_prob <= 1.0, "train.mixup_prob must be in [0, 1]"),
-            (self.train.lookahead_k >= 1, "train.lookahead_k must be >= 1"),
-            (self.train.epochs >= 1, "train.epochs must be >= 1"),
+            (d.on_bad_image in ("fail", "skip"), "data.on_bad_image must be 'fail' or 'skip'"),
+            (d.id_col != "" and d.target_col != "", "data.id_col and data.target_col must not be empty"),
+            (f.fit_on in ("train", "train+test"), "features.fit_on must be 'train' or 'train+test'"),
+            (0.0 <= f.max_bad_fraction <= 1.0, "features.max_bad_fraction must be in [0, 1]"),
+            (m.backbone.strip() != "", "model.backbone must name a timm model"),
+            (m.pretrained.strip() != "", f"model.pretrained must be one of {', '.join(PRETRAINED)} or a checkpoint file"),
+            (16 <= m.image_size <= 4096, f"model.image_size must be between 16 and 4096 pixels, got {m.image_size}"),
+            (len(m.meta_hidden) == 2 and all(isinstance(w, int) and w >= 1 for w in m.meta_hidden),
+             f"model.meta_hidden must be two positive widths such as [128, 32], got {m.meta_hidden}"),
+            (all(0.0 <= p < 1.0 for p in (m.meta_dropout, m.head_dropout, m.drop_path_rate)),
+             "model.meta_dropout, model.head_dropout and model.drop_path_rate must be in [0, 1)"),
+            (m.dropout_samples >= 1, "model.dropout_samples must be >= 1"),
+            (t.epochs >= 1, "train.epochs must be >= 1"),
+            (t.batch_size >= 2, f"train.batch_size must be >= 2 (batch norm needs two rows), got {t.batch_size}"),
+            (t.lr > 0 and t.min_lr >= 0, "train.lr must be > 0 and train.min_lr >= 0"),
+            (0 <= t.warmup_epochs <= t.epochs, "train.warmup_epochs must be in [0, train.epochs]"),
+            (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+            (t.lookahead_k >= 1, "train.lookahead_k must be >= 1"),
+            (0.0 < t.lookahead_alpha <= 1.0, "train.lookahead_alpha must be in (0, 1]"),
+            (0.0 <= t.mixup_prob <= 1.0, "train.mixup_prob must be in [0, 1]"),
+            (t.mixup_alpha > 0, "train.mixup_alpha must be > 0"),
+            (t.patience >= 1, "train.patience must be >= 1"),
+            (t.seed >= 0 and self.folds.seed >= 0, "train.seed and folds.seed must be >= 0"),
+            (all(isinstance(k, int) and 0 <= k < self.folds.n_folds for k in t.folds),
+             f"train.folds must be fold numbers in 0..{self.folds.n_folds - 1}, got {t.folds}"),
+            (t.num_workers >= 0, "train.num_workers must be >= 0"),
+            (t.augment in ("fused", "albumentations"), "train.augment must be 'fused' or 'albumentations'"),
+            (0.0 <= t.aug_scale < 1.0 and 0.0 <= t.aug_color < 1.0, "train.aug_scale and train.aug_color must be in [0, 1)"),
+            (1 <= i.tta <= 8, "infer.tta must be between 1 and 8"),
+            (i.batch_size >= 1, "infer.batch_size must be >= 1"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+
+
+PRETRAINED = ("auto", "offline", "timm", "none")
+
+
+def _plain_name(name: str) -> bool:
+    """A single folder name: results of ``name=..`` or ``name=a/b`` would land outside output_dir."""
+    return name.strip() not in ("", ".", "..") and not any(c in name for c in "/\\\0")
 
 
 def _coerce(key: str, value, typ):

@@ -8,11 +8,13 @@ the image size, so it is rebuilt when any of them changes.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import random
 import os
+import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import albumentations as A
 import cv2
@@ -52,38 +54,53 @@ def cache_key(paths: list[Path], size: int) -> str:
     return h.hexdigest()[:16]
 
 
-def _try_decode(path: Path, size: int):
+def file_digest(data: bytes) -> str:
+    """Content hash of an image file: what an experiment records of each image it was trained on."""
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def _read(path: Path, size: int):
+    """(pixels, reason it cannot be decoded or None, digest of the file's bytes): one read of the file."""
+    data = path.read_bytes()
     try:
-        return decode(path, size), None
+        return decode(io.BytesIO(data), size), None, file_digest(data)
     except (OSError, ValueError, Image.DecompressionBombError) as e:  # corrupt, truncated, not an image
-        return np.zeros((size, size, 3), np.uint8), f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return np.zeros((size, size, 3), np.uint8), reason, file_digest(data)
 
 
-def build_cache(paths: list[Path], size: int, cache_dir: Path, desc: str = "cache") -> tuple[np.ndarray, dict]:
-    """Memory-mapped uint8 array of all images at ``size``, built once per key, and the images that
-    could not be decoded ({row: reason}, kept beside the array; their pixels are zeros)."""
+class ImageCache(NamedTuple):
+    images: np.ndarray   # (N, S, S, 3) uint8, memory-mapped
+    bad: dict            # {row: why it cannot be decoded}; those rows hold zeros
+    digests: list        # file_digest of each source file, in row order
+
+
+def build_cache(paths: list[Path], size: int, cache_dir: Path, desc: str = "cache") -> ImageCache:
+    """Memory-mapped uint8 array of all images at ``size``, built once per key, with the images that
+    could not be decoded and each file's content digest (kept beside the array in ``.json``)."""
     cache_dir = Path(cache_dir)
     target = cache_dir / f"{desc}_{size}px_{cache_key(paths, size)}.npy"
-    bad_path = target.with_suffix(".bad.json")
-    if not target.exists():
-        bad = {}
+    info_path = target.with_suffix(".json")
+    if not (target.exists() and info_path.exists()):  # a cache of an earlier version has no .json: rebuilt
+        info = {"bad": {}, "digests": [""] * len(paths)}
 
         def write(tmp: Path):
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
             threads = min(4, os.cpu_count() or 1)
             with ThreadPoolExecutor(threads) as pool:
-                decoded = pool.map(lambda p: _try_decode(p, size), paths)
-                for i, (img, err) in enumerate(tqdm(decoded, total=len(paths), leave=False,
-                                                    desc=f"decoding {desc} images at {size}px")):
+                decoded = pool.map(lambda p: _read(p, size), paths)
+                for i, (img, err, digest) in enumerate(tqdm(decoded, total=len(paths), leave=False,
+                                                            desc=f"decoding {desc} images at {size}px")):
                     arr[i] = img
+                    info["digests"][i] = digest
                     if err:
-                        bad[i] = err
+                        info["bad"][i] = err
             arr.flush()
             del arr
-            write_json(bad_path, bad)
         atomic_write(target, write)
-    bad = {int(k): v for k, v in json.loads(bad_path.read_text()).items()} if bad_path.exists() else {}
-    return np.load(target, mmap_mode="r"), bad
+        write_json(info_path, info)
+    info = json.loads(info_path.read_text())
+    return ImageCache(np.load(target, mmap_mode="r"), {int(k): v for k, v in info["bad"].items()}, info["digests"])
 
 
 # Colour jitter's constants: Rec. 601 luma of an RGB pixel, the matrix that turns a pixel into its

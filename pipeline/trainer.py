@@ -1,19 +1,14 @@
 """K-fold training: data -> folds -> meta features -> per-fold training -> OOF table.
 
-Layout of an experiment folder (``<output_dir>/<name>/``)::
-
-    config.yaml      the resolved config (compared on resume)
-    env.json         package versions, device, seed, git commit
-    features.json    the fitted meta-feature transform
-    fold<k>/         best.pt, last.pt (while training), log.csv, oof.csv (written when the fold is done)
-    oof.csv          image id, group, fold, target, pred for every finished fold
+Everything is checked before the first file is written (config ranges, the backbone, the folds
+asked for, the data, the experiment folder, the fold locks); the experiment folder's layout and
+its rules are in ``pipeline/experiment.py``.
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,65 +20,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from sklearn.metrics import roc_auc_score
 from timm.optim import Lookahead, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 
 from . import config as C
+from . import experiment as E
 from .data import ImageMetaDataset, build_cache, make_loader, train_transform
 from .engine import make_runtime, predict, train_one_epoch
-from .errors import DataError, ExperimentError, Interrupted
-from .features import MetaTransform
+from .errors import DataError, Interrupted
+from .features import MetaTransform, check_numeric
 from .folds import fold_table, load_or_make_folds
-from .io import (CheckpointError, load_checkpoint, remove_stale_temps, save_checkpoint, write_csv, write_json,
-                 write_text)
-from .model import build_model
+from .io import CheckpointError, load_checkpoint, remove_stale_temps, save_checkpoint, write_csv, write_json
+from .model import build_model, check_backbone
 from .tables import data_path, few, load_test, load_train
-
-# Keys that change how a run is executed, not its results: they may differ on resume.
-RUN_ONLY_KEYS = {"name", "output_dir", "train.folds", "train.num_workers", "data.cache_dir", "infer"}
-
 
 @dataclass
 class TrainData:
-    df: pd.DataFrame          # training table, one row per image, with a 'fold' column
+    df: pd.DataFrame          # training table, one row per image, with 'fold' and 'cache_row' columns
     images: np.ndarray        # (N, S, S, 3) uint8, memory-mapped cache
     meta: np.ndarray          # (N, F) float32 meta features
     transform: MetaTransform
-
-
-def _result_keys(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = prefix + k
-        if key in RUN_ONLY_KEYS:
-            continue
-        out.update(_result_keys(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def check_experiment(cfg: C.Config, force: bool) -> list[str]:
-    """Refuse to mix results of a different configuration into an existing experiment folder.
-    Returns the result-affecting keys that differ from the saved config (with ``force``; [] if none)."""
-    saved_path = cfg.exp_dir / "config.yaml"
-    if not saved_path.is_file():
-        return []
-    try:  # safe_load: a crafted config.yaml cannot build Python objects
-        saved = _result_keys(C.to_dict(C.from_dict(yaml.safe_load(saved_path.read_text()))))
-    except (yaml.YAMLError, ValueError, TypeError, AttributeError) as e:
-        if force:
-            return ["config.yaml (unreadable)"]
-        raise ExperimentError(f"{saved_path}: cannot read the saved config ({str(e).splitlines()[0]}); use a new "
-                              f"name (name=...) or --force to start this experiment again") from None
-    now = _result_keys(C.to_dict(cfg))
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if diff and not force:
-        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:4])
-        more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
-        raise ExperimentError(f"{saved_path} holds a different experiment ({shown}{more}); use a new name "
-                              f"(name=...) or --force to delete its results and train again")
-    return diff
+    digests: list             # content hash of each cached image file, by cache row
 
 
 def environment(cfg: C.Config) -> dict:
@@ -131,9 +89,9 @@ def prepare(cfg: C.Config) -> TrainData:
         print(f"writing the bundled synthetic sample into {d.root}")
         ensure_sample(Path(d.root))
     df = load_train(cfg)
-    if d.test_csv:
-        load_test(cfg)  # a broken test table or missing test image is reported now, not after training
-    images, bad = build_cache([Path(p) for p in df["image_path"]], cfg.model.image_size, Path(d.cache_dir), "train")
+    test = load_test(cfg)[0] if d.test_csv else None  # a broken test table or missing image: reported now
+    images, bad, digests = build_cache([Path(p) for p in df["image_path"]], cfg.model.image_size,
+                                       Path(d.cache_dir), "train")
     df["cache_row"] = np.arange(len(df))
     if bad:
         listed = few([f"{df[d.id_col][i]} ({why})" for i, why in bad.items()], 3)
@@ -158,9 +116,15 @@ def prepare(cfg: C.Config) -> TrainData:
         print(f"plus {int((~own).sum())} external training-only rows ({int(df[d.target_col][~own].sum())} positives)")
     fit_df = df
     if cfg.features.fit_on == "train+test":
-        fit_df = pd.concat([df, load_test(cfg)[0]], ignore_index=True)
+        fit_df = pd.concat([df, test], ignore_index=True)
     transform = MetaTransform.from_config(cfg).fit(fit_df)
-    return TrainData(df, images, transform.transform(df), transform)
+    limit = cfg.features.max_bad_fraction
+    check_numeric(transform, df[own], str(data_path(cfg, d.train_csv)), d.id_col, limit)
+    if not own.all():
+        check_numeric(transform, df[~own], str(data_path(cfg, d.external_csv)), d.id_col, limit)
+    if test is not None:
+        check_numeric(transform, test, str(data_path(cfg, d.test_csv)), d.id_col, limit)
+    return TrainData(df, images, transform.transform(df), transform, digests)
 
 
 def build_optimizer(model, t: C.TrainConfig) -> Lookahead:
@@ -358,54 +322,112 @@ def run_fold(cfg: C.Config, data: TrainData, fold: int, stop: StopFlag) -> pd.Da
     return oof
 
 
-def collect_oof(exp_dir: Path, id_cols: tuple = ()) -> pd.DataFrame:
-    """Every finished fold's OOF rows; id and group columns stay text (ids such as 00012 keep their zeros)."""
-    parts = [pd.read_csv(p, dtype={c: "string" for c in id_cols if c}) for p in sorted(exp_dir.glob("fold*/oof.csv"))]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+def check_batch_size(cfg: C.Config, data: TrainData, folds: list[int]) -> None:
+    """The training loader drops the last incomplete batch: a batch larger than a fold's training
+    rows would train nothing and report AUC 0.5."""
+    for k in folds:
+        n = int((data.df["fold"] != k).sum())
+        if n < cfg.train.batch_size:
+            raise C.ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the {n} training rows of "
+                                f"fold {k}: no step would train; use a smaller batch")
 
 
-def train(cfg: C.Config, folds: list[int] | None = None, force: bool = False) -> pd.DataFrame:
-    """Train the requested folds (default: all); finished folds are skipped unless ``force``."""
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    changed = check_experiment(cfg, force)
-    data = prepare(cfg)
-    exp = cfg.exp_dir
-    if changed and exp.exists():  # --force over another configuration: none of its results may stay
-        print(f"--force: deleting {exp}, which holds results of another configuration "
-              f"({', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''})", file=sys.stderr)
-        shutil.rmtree(exp)
-    exp.mkdir(parents=True, exist_ok=True)
-    write_text(exp / "config.yaml", C.to_yaml(cfg))
-    record_environment(exp / "env.json", environment(cfg))
-    write_json(exp / "features.json", data.transform.to_dict())
-    folds = folds if folds else (cfg.train.folds or list(range(cfg.folds.n_folds)))
+def resolve_folds(cfg: C.Config, folds: list[int] | None) -> list[int]:
+    folds = list(dict.fromkeys(folds if folds else (cfg.train.folds or range(cfg.folds.n_folds))))
     bad = [f for f in folds if not 0 <= f < cfg.folds.n_folds]
     if bad:
-        raise C.ConfigError(f"fold(s) {bad} out of range 0..{cfg.folds.n_folds - 1}")
-    stop = StopFlag()
-    id_cols = (cfg.data.id_col, cfg.data.group_col)
-    try:
-        with stop.installed():
-            for fold in folds:
-                fold_dir = exp / f"fold{fold}"
-                if force and fold_dir.exists():
-                    shutil.rmtree(fold_dir)
-                if (fold_dir / "oof.csv").exists():
-                    print(f"fold {fold}: done already ({fold_dir / 'oof.csv'}); --force retrains it")
-                    continue
-                if stop():
-                    raise Interrupted(f"before fold {fold}")
-                run_fold(cfg, data, fold, stop)
-                write_csv(exp / "oof.csv", collect_oof(exp, id_cols))
-    except Interrupted as e:
-        again = "without --force" if force else "again"
-        print(f"interrupted {e}; run the same command {again} to resume from the last finished epoch",
-              file=sys.stderr)
-        raise
-    finally:  # the table always matches the finished folds: after --force, an error, or a kill before it
-        oof = collect_oof(exp, id_cols)
+        raise C.ConfigError(f"fold(s) {bad} out of range 0..{cfg.folds.n_folds - 1} (folds.n_folds={cfg.folds.n_folds})")
+    return folds
+
+
+def assemble_oof(exp: Path, cfg: C.Config, record: pd.DataFrame) -> pd.DataFrame:
+    """<exp>/oof.csv from the finished folds (several processes may finish folds of one experiment)."""
+    with E.experiment_lock(exp).acquire_wait():
+        oof = E.collect_oof(exp, (cfg.data.id_col, cfg.data.group_col), record)
         if oof.empty:
             (exp / "oof.csv").unlink(missing_ok=True)
         else:
             write_csv(exp / "oof.csv", oof)
     return oof
+
+
+def open_experiment(cfg: C.Config, data: TrainData, folds: list[int], force: bool, held: set[str]) -> pd.DataFrame:
+    """Check this run against the experiment folder (config, data, fold table, fitted features) and
+    write its description where it is new; with ``force``, first delete what this run replaces.
+    Runs under the experiment lock: another process may be opening the same experiment."""
+    exp = cfg.exp_dir
+    record = E.training_record(data.df, cfg, data.digests)
+    features = data.transform.to_dict()
+    with E.experiment_lock(exp).acquire_wait():
+        changed = E.check_config(cfg, force)  # again: another process may have started it meanwhile
+        changes = [f"config: {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}"] if changed else []
+        changes = changes or E.data_changes(exp, record, features)
+        if changes and not force:
+            raise E.changed_data_error(exp, changes)
+        if changes:  # nobody may be training any fold of what is deleted
+            others = [E.fold_lock(exp, k).acquire() for k in range(cfg.folds.n_folds) if k not in folds]
+            try:
+                E.delete_results(exp, held | {o.path.name for o in others} | {"experiment.lock"},
+                                 f"results of other {'data' if not changed else 'settings'}: {'; '.join(changes)}")
+            finally:
+                for o in others:
+                    o.release()
+        elif force:
+            for k in folds:
+                E.delete_fold(exp, k)
+        if (exp / "config.yaml").is_file() and not (exp / "data.csv").is_file():
+            print(f"warning: {exp} has no record of its training data (an earlier version trained it); "
+                  f"recording the data of this run", file=sys.stderr)
+        E.write_record(exp, cfg, record, features)
+        record_environment(exp / "env.json", environment(cfg))
+    return record
+
+
+def train(cfg: C.Config, folds: list[int] | None = None, force: bool = False) -> pd.DataFrame:
+    """Train the requested folds (default: all); finished folds are skipped unless ``force``.
+    A command that fails before training leaves the experiment folder as it found it."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    folds = resolve_folds(cfg, folds)
+    check_backbone(cfg)
+    exp = cfg.exp_dir
+    E.check_config(cfg, force)  # read-only, before the data is read: a wrong name fails at once
+    created = next((p for p in [*reversed(exp.parents), exp] if not p.exists()), None)  # topmost new folder
+    exp.mkdir(parents=True, exist_ok=True)
+    locks, record = [], None
+    try:
+        for k in folds:  # one writer per fold: a second process on any of them stops here, at once
+            locks.append(E.fold_lock(exp, k).acquire())
+        data = prepare(cfg)
+        check_batch_size(cfg, data, folds)
+        record = open_experiment(cfg, data, folds, force, {lock.path.name for lock in locks})
+        if force:
+            assemble_oof(exp, cfg, record)
+        stop = StopFlag()
+        with stop.installed():
+            for fold, lock in zip(folds, locks):
+                fold_dir = exp / f"fold{fold}"
+                if (fold_dir / "oof.csv").exists():
+                    print(f"fold {fold}: done already ({fold_dir / 'oof.csv'}); --force retrains it")
+                elif stop():
+                    raise Interrupted(f"before fold {fold}")
+                else:
+                    run_fold(cfg, data, fold, stop)
+                lock.release()
+                assemble_oof(exp, cfg, record)
+    except Interrupted as e:
+        again = "without --force" if force else "again"
+        print(f"interrupted {e}; run the same command {again} to resume from the last finished epoch",
+              file=sys.stderr)
+        raise
+    finally:
+        for lock in locks:
+            lock.release()
+        if record is None and created:  # failed before writing anything: leave no trace
+            for folder in [exp, *exp.parents]:
+                try:  # only when empty: another process may have started the experiment meanwhile
+                    folder.rmdir()
+                except OSError:
+                    break
+                if folder == created:
+                    break
+    return assemble_oof(exp, cfg, record)

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.features import MISSING, MetaTransform
+from pipeline.errors import DataError
+from pipeline.features import MISSING, MetaTransform, check_numeric
 
 FIT = pd.DataFrame({
     "sex": ["male", "female", "Male ", "female", np.nan, "female"],
@@ -37,7 +38,7 @@ def test_levels_and_statistics_come_from_the_fit_frame():
     assert t.levels["sex"] == ["female", "male", MISSING]  # normalised case/space, NaN not a level
     assert t.levels["site"] == ["head/neck", "torso", MISSING]  # 'unknown' and '' are missing
     ages = FIT["age"].dropna()
-    assert t.stats["age"] == pytest.approx([ages.mean(), ages.std()])
+    assert t.stats["age"][:2] == pytest.approx([ages.mean(), ages.std()])
     # transforming another frame never refits
     before = json.dumps(t.to_dict())
     t.transform(NEW)
@@ -66,7 +67,7 @@ def test_unknown_category_and_nan_map_to_the_missing_level():
 
 def test_numeric_nan_gets_flag_one_and_value_zero():
     t = make()
-    mean, std = t.stats["age"]
+    mean, std = t.stats["age"][:2]
     x = t.transform(NEW)
     age = x[:, t.names.index("age")]
     flag = x[:, t.names.index("age_missing")]
@@ -90,7 +91,123 @@ def test_prepare_fits_on_the_training_table_only(tiny_cfg, tmp_path):
     train = pd.read_csv(f"{cfg.data.root}/train.csv")
     test = pd.read_csv(f"{cfg.data.root}/test.csv")
     age = train["age_approx"].dropna()
-    assert data.transform.stats["age_approx"] == pytest.approx([age.mean(), age.std()])
+    assert data.transform.stats["age_approx"][:2] == pytest.approx([age.mean(), age.std()])
     both = pd.concat([train, test])["age_approx"].dropna()
     assert abs(both.mean() - age.mean()) > 1e-6  # the check above can tell the two apart
     np.testing.assert_array_equal(data.meta, data.transform.transform(data.df))
+
+
+# ---------------------------------------------------------------------------------------------
+# Numeric columns: non-numbers and far-out values become missing, with a warning or an error
+# ---------------------------------------------------------------------------------------------
+def ages(n: int = 40, **bad) -> pd.DataFrame:
+    """``n`` plausible ages (20..80) with ids ISIC_0..; ``bad`` puts values at given rows, e.g. r3='45y'."""
+    age = np.random.default_rng(0).integers(20, 81, n).astype(object)
+    for row, value in bad.items():
+        age[int(row[1:])] = value
+    return pd.DataFrame({"image_name": [f"ISIC_{i}" for i in range(n)], "age": age})
+
+
+def fit_age(df: pd.DataFrame) -> MetaTransform:
+    return MetaTransform([], ["age"], n_images=False, group_col="").fit(df)
+
+
+def check(t: MetaTransform, df: pd.DataFrame, capsys, max_bad_fraction: float = 0.05) -> str:
+    check_numeric(t, df, "input/train.csv", "image_name", max_bad_fraction)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return captured.err
+
+
+def test_non_number_is_warned_about_and_missing(capsys):
+    df = ages(r3="45y", r7=" ", r8=np.nan)  # blank and NaN are missing, not bad
+    t = fit_age(df)
+    assert check(t, df, capsys) == ("warning: input/train.csv: column 'age': 1 non-number(s) ('45y' at ISIC_3) "
+                                    "are treated as missing\n")
+    x = t.transform(df)
+    assert x[[3, 7, 8], 1].tolist() == [1, 1, 1] and x[[3, 7, 8], 0].tolist() == [0, 0, 0]
+    assert x[:, 1].sum() == 3
+
+
+def test_far_value_is_missing_and_does_not_move_the_standardisation(capsys):
+    clean = ages()
+    df = ages(r5=1e9)
+    t = fit_age(df)
+    lo, hi = t.limits("age")
+    assert 0 < hi < 1000 and -1000 < lo < 20
+    err = check(t, df, capsys)
+    assert err == (f"warning: input/train.csv: column 'age': 1 value(s) far outside its range [{lo:g}, {hi:g}] "
+                   f"(1e+09 at ISIC_5) are treated as missing\n")
+    x, ref = t.transform(df), fit_age(clean.drop(index=5)).transform(clean)
+    assert x[5].tolist() == [0, 1]
+    np.testing.assert_allclose(np.delete(x, 5, 0), np.delete(ref, 5, 0), rtol=1e-6)
+    # a far value met at inference (the test table) is missing too, and warned about in its own file
+    new = ages(5, r1=-1e6, r2="1e9", r3="inf")
+    check_numeric(t, new, "input/test.csv", "image_name", 0.9)
+    err = capsys.readouterr().err
+    assert err.startswith("warning: input/test.csv: column 'age': 1 non-number(s) ('inf' at ISIC_3) and "
+                          "2 value(s) far outside its range") and err.endswith(
+                          "(-1e+06 at ISIC_1, 1e+09 at ISIC_2) are treated as missing\n")
+    assert t.transform(new)[1:4, 1].tolist() == [1, 1, 1]
+
+
+def test_at_most_three_examples_of_each_kind(capsys):
+    df = ages(100, r1="a", r2="b", r3="c", r4="d", r9=1e9)
+    err = check(fit_age(df), df, capsys)
+    assert err.count("\n") == 1
+    assert "4 non-number(s) ('a' at ISIC_1, 'b' at ISIC_2, 'c' at ISIC_3, ...) and 1 value(s) far" in err
+
+
+def test_too_many_bad_values_are_an_error_naming_file_and_column(capsys):
+    df = ages(r3="45y", r9="abc")
+    assert "2 non-number(s)" in check(fit_age(df), df, capsys)  # 2 of 40 = 5 %: still a warning
+    df = ages(r3="45y", r9="abc", r20=1e9)
+    msg = ("input/train.csv: column 'age': 3 of 40 rows (7.5%) are non-numbers or far outside its range "
+           "('45y' at ISIC_3, 'abc' at ISIC_9, 1e+09 at ISIC_20); fix the column or raise "
+           "features.max_bad_fraction (now 0.05)")
+    with pytest.raises(DataError) as e:
+        check(fit_age(df), df, capsys)
+    assert str(e.value) == msg
+    assert check(fit_age(df), df, capsys, max_bad_fraction=0.1).startswith("warning: ")
+
+
+def test_clean_data_no_warning_same_transform(capsys):
+    t = make()
+    assert check(t, FIT.assign(image_name=list("abcdef")), capsys) == ""
+    ages_ = FIT["age"].dropna()
+    mean, std = ages_.mean(), ages_.std()
+    x = t.transform(FIT)
+    np.testing.assert_allclose(x[:, t.names.index("age")], ((FIT["age"] - mean) / std).fillna(0), rtol=1e-6)
+    np.testing.assert_array_equal(x[:, t.names.index("age_missing")], FIT["age"].isna())
+
+
+def test_no_bounds_without_spread():
+    for values in ([50, 50, 50, 50], [50], []):
+        t = fit_age(pd.DataFrame({"image_name": [str(i) for i in range(len(values))], "age": values}, dtype=object))
+        assert t.stats["age"][2:] == [None, None]
+    # most values equal: the spread comes from the std when the IQR is 0
+    t = fit_age(pd.DataFrame({"age": [50] * 10 + [60]}))
+    lo, hi = t.limits("age")
+    assert lo == pytest.approx(50 - 20 * np.std([50] * 10 + [60], ddof=1))
+
+
+def test_old_transforms_without_bounds_still_load_and_transform(capsys):
+    d = fit_age(ages()).to_dict()
+    d["stats"]["age"] = [50.0, 10.0]  # as saved before the bounds existed
+    old = MetaTransform.from_dict(json.loads(json.dumps(d)))
+    df = ages(4, r1=1e9, r2="45y")
+    x = old.transform(df)
+    np.testing.assert_allclose(x[:, 0], [(df["age"][0] - 50) / 10, (1e9 - 50) / 10, 0, (df["age"][3] - 50) / 10])
+    assert x[:, 1].tolist() == [0, 0, 1, 0]
+    assert old.limits("age") == (-np.inf, np.inf)
+    assert "1 non-number(s)" in check(old, df, capsys, max_bad_fraction=0.5)
+
+
+def test_bounds_round_trip_through_json():
+    df = ages(r5=1e9)
+    t = MetaTransform([], ["age", "flat"], n_images=False, group_col="").fit(df.assign(flat=7))
+    text = json.dumps(t.to_dict(), allow_nan=False)  # strict JSON: no Infinity
+    back = MetaTransform.from_dict(json.loads(text))
+    assert back.stats == t.stats and back.limits("age") == t.limits("age")
+    assert len(t.stats["age"]) == 4 and t.stats["flat"] == [7.0, 1.0, None, None]
+    assert back.transform(df.assign(flat=7)).tobytes() == t.transform(df.assign(flat=7)).tobytes()

@@ -1,10 +1,13 @@
 """Folds: grouped by patient, stratified by target, seeded, saved once and reused."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.errors import DataError
 from pipeline.folds import assign_folds, load_or_make_folds
 
 
@@ -75,15 +78,90 @@ def test_saved_fold_table_is_reused(tmp_path):
     np.testing.assert_array_equal(again, expected)
 
 
-def test_saved_fold_table_with_other_ids_is_refused(tmp_path):
+ARGS = ("image_name", "target", "patient_id", 5)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A training table and its freshly saved fold table, to be spoiled by each test."""
     df = make_table()
     path = tmp_path / "folds.csv"
-    load_or_make_folds(df, path, "image_name", "target", "patient_id", 5, seed=42)
+    load_or_make_folds(df, path, *ARGS, seed=42)
+    return df, path, pd.read_csv(path, dtype={"image_name": "string"})
+
+
+def refused(df, path, table: pd.DataFrame, match: str, n_folds: int = 5) -> str:
+    table.to_csv(path, index=False)
+    with pytest.raises(DataError, match=match) as e:
+        load_or_make_folds(df, path, *ARGS[:3], n_folds, seed=42)
+    msg = str(e.value)
+    assert msg.startswith(str(path)) and "\n" not in msg and "delete it or set folds.path" in msg
+    return msg
+
+
+def test_saved_folds_are_int64(saved):
+    df, path, table = saved
+    table["fold"] = table["fold"].astype(float)  # "3.0" in the file is still fold 3
+    table.to_csv(path, index=False)
+    fold = load_or_make_folds(df, path, *ARGS, seed=42)
+    assert fold.dtype == np.int64
+    np.testing.assert_array_equal(fold, table["fold"].astype(int))
+
+
+def test_saved_fold_table_with_other_ids_is_refused(saved):
+    df, path, table = saved
     changed = df.copy()
     changed.loc[3, "image_name"] = "ISIC_new"
-    with pytest.raises(ValueError, match="folds.csv.*do not match"):
-        load_or_make_folds(changed, path, "image_name", "target", "patient_id", 5, seed=42)
-    with pytest.raises(ValueError, match="folds.csv.*do not match"):
-        load_or_make_folds(df.iloc[:-1], path, "image_name", "target", "patient_id", 5, seed=42)
-    with pytest.raises(ValueError, match="4"):
-        load_or_make_folds(df, path, "image_name", "target", "patient_id", 4, seed=42)
+    msg = refused(changed, path, table, "do not match the training ids")
+    assert "1 training id(s) missing from it: ISIC_new (1 in all)" in msg
+    assert "1 id(s) in it are not training ids: ISIC_000003 (1 in all)" in msg
+    msg = refused(df.iloc[:-2], path, table, "do not match")
+    assert "missing from it" not in msg
+    assert f"2 id(s) in it are not training ids: {df['image_name'].iloc[-2]}, {df['image_name'].iloc[-1]}" in msg
+    refused(pd.concat([df, df.iloc[:1].assign(image_name="ISIC_extra")]), path, table,
+            r"1 training id\(s\) missing from it: ISIC_extra")
+
+
+def test_saved_fold_table_with_other_fold_count_is_refused(saved):
+    df, path, table = saved
+    refused(df, path, table, r"'fold' must be a whole number 0\.\.3 \(folds.n_folds = 4\); found 4 at ", n_folds=4)
+    msg = refused(df, path, table, r"no rows in fold\(s\) 5, 6", n_folds=7)
+    assert "folds.n_folds = 7" in msg
+
+
+@pytest.mark.parametrize("cell, shown", [("", "blank"), ("-1", "-1"), ("5", "5"), ("1.5", "1.5"), ("x", "'x'")])
+def test_bad_fold_cells_are_listed_with_their_ids(saved, cell, shown):
+    df, path, table = saved
+    table["fold"] = table["fold"].astype("string")
+    table.loc[[3, 7], "fold"] = cell
+    ids = table["image_name"]
+    refused(df, path, table, rf"column 'fold' must be a whole number 0\.\.4 \(folds.n_folds = 5\); "
+                             rf"found {re.escape(shown)} at {ids[3]}, {re.escape(shown)} at {ids[7]} \(2 in all\)")
+
+
+def test_negative_fold_among_floats_is_shown_as_an_integer(saved):
+    df, path, table = saved
+    table["fold"] = table["fold"].astype(float)
+    table.loc[3, "fold"] = -1.0
+    refused(df, path, table, rf"found -1 at {table['image_name'][3]} \(1 in all\)")
+
+
+def test_fold_table_with_a_missing_fold_is_refused(saved):
+    df, path, table = saved
+    table["fold"] = table["fold"].replace(4, 0)
+    refused(df, path, table, r"no rows in fold\(s\) 4 ")
+
+
+def test_fold_table_with_duplicate_or_blank_ids_is_refused(saved):
+    df, path, table = saved
+    refused(df, path, pd.concat([table, table.iloc[[5, 9]]]), r"duplicate ids in column 'image_name': "
+            rf"{table['image_name'][5]}, {table['image_name'][9]} \(2 in all\)")
+    blank = table.copy()
+    blank.loc[4, "image_name"] = pd.NA
+    refused(df, path, blank, "column 'image_name' is empty in 1 row")
+
+
+def test_fold_table_without_its_columns_is_refused(saved):
+    df, path, table = saved
+    refused(df, path, table.drop(columns="fold"), r"missing column\(s\) fold")
+    refused(df, path, table.rename(columns={"image_name": "id"}), r"missing column\(s\) image_name")

@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, tiny_overrides
+from pipeline import experiment as E
 from pipeline import trainer as T
+from pipeline.errors import ExperimentError
 from pipeline.io import CheckpointError, load_checkpoint, save_checkpoint
 
 EPOCHS = 3
@@ -226,7 +228,7 @@ def test_force_retrains_and_a_forced_new_config_leaves_nothing_of_the_old(tiny_c
     assert (exp / "fold1" / "oof.csv").exists()  # same config: the other fold stays
 
     changed = tiny_cfg(**{"folds.n_folds": 2, "train.epochs": 1, "train.lr": 0.002})
-    with pytest.raises(T.ExperimentError, match="train.lr"):
+    with pytest.raises(ExperimentError, match="train.lr"):
         T.train(changed, folds=[0])
     capsys.readouterr()
     T.train(changed, folds=[0], force=True)
@@ -240,7 +242,7 @@ def test_run_only_keys_may_change(tiny_cfg):
     cfg.exp_dir.mkdir(parents=True)
     (cfg.exp_dir / "config.yaml").write_text(T.C.to_yaml(cfg))
     same = tiny_cfg(**{"train.folds": "[1]", "train.num_workers": 2, "infer.tta": 1, "infer.batch_size": 4})
-    assert T.check_experiment(same, force=False) == []
+    assert E.check_config(same, force=False) == []
     for key, value in (("train.seed", 1), ("model.image_size", 48), ("features.n_images", False)):
-        with pytest.raises(T.ExperimentError, match=key.replace(".", r"\.")):
-            T.check_experiment(tiny_cfg(**{key: value}), force=False)
+        with pytest.raises(ExperimentError, match=key.replace(".", r"\.")):
+            E.check_config(tiny_cfg(**{key: value}), force=False)

@@ -12,7 +12,9 @@ import time
 import pytest
 import torch
 
+from pipeline import experiment as E
 from pipeline import trainer as T
+from pipeline.errors import ExperimentError
 from pipeline.config import ConfigError, load_config
 from pipeline.io import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_text
 
@@ -142,8 +144,8 @@ def test_yaml_is_read_safely(tmp_path, tiny_cfg):
     cfg = tiny_cfg()
     cfg.exp_dir.mkdir(parents=True)
     (cfg.exp_dir / "config.yaml").write_text(evil)  # a crafted saved config in an experiment folder
-    with pytest.raises(T.ExperimentError, match="config.yaml: cannot read the saved config"):
-        T.check_experiment(cfg, force=False)
+    with pytest.raises(ExperimentError, match="config.yaml: cannot read the saved config"):
+        E.check_config(cfg, force=False)
     assert not marker.exists()
 
 
