@@ -61,10 +61,11 @@ def file_digest(data: bytes) -> str:
 
 def _read(path: Path, size: int):
     """(pixels, reason it cannot be decoded or None, digest of the file's bytes): one read of the file."""
-    data = path.read_bytes()
+    data = b""
     try:
+        data = path.read_bytes()
         return decode(io.BytesIO(data), size), None, file_digest(data)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:  # corrupt, truncated, not an image
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # unreadable, corrupt, truncated, not an image
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         return np.zeros((size, size, 3), np.uint8), reason, file_digest(data)
 

@@ -19,6 +19,7 @@ with what changed. The files above are written once, by the first run, and never
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import sys
@@ -153,14 +154,26 @@ def read_record(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""])
 
 
+def _same(a, b) -> bool:
+    """JSON values equal, numbers up to float rounding (a reordered table sums in another order)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
 def data_changes(exp: Path, record: pd.DataFrame, features: dict) -> list[str]:
     """How the data of this run differs from what ``exp`` was trained on ([] when the same, or when
-    nothing was recorded yet)."""
+    nothing was recorded yet). The fitted features follow from the record, except with
+    features.fit_on=train+test, where the test table counts too."""
     out = []
     if (exp / "data.csv").is_file():
         out += record_changes(read_record(exp / "data.csv"), record)
     saved = exp / "features.json"
-    if not out and saved.is_file() and json.loads(saved.read_text()) != json.loads(json.dumps(features)):
+    if not out and saved.is_file() and not _same(json.loads(saved.read_text()), json.loads(json.dumps(features))):
         out.append("the fitted meta-feature transform differs (with features.fit_on=train+test: the test table "
                    "changed)")
     return out

@@ -56,7 +56,11 @@ def load_or_make_folds(df: pd.DataFrame, path: Path, id_col: str, target: str, g
             return read_folds(path, df[id_col].astype("string"), id_col, n_folds)
         except DataError as e:
             raise DataError(f"{e}; delete it or set folds.path to make new folds") from None
-    fold = assign_folds(df, target, group, n_folds, seed)
+    try:
+        fold = assign_folds(df, target, group, n_folds, seed)
+    except ValueError as e:  # more folds than groups or rows
+        raise DataError(f"{path}: cannot make {n_folds} folds of {len(df)} training rows ({e}); "
+                        f"use fewer folds (folds.n_folds)") from None
     write_csv(path, pd.DataFrame({id_col: df[id_col], "fold": fold}))
     return fold
 

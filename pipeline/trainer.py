@@ -28,7 +28,7 @@ from . import config as C
 from . import experiment as E
 from .data import ImageMetaDataset, build_cache, make_loader, train_transform
 from .engine import make_runtime, predict, train_one_epoch
-from .errors import DataError, Interrupted
+from .errors import DataError, ExperimentError, Interrupted
 from .features import MetaTransform, check_numeric
 from .folds import fold_table, load_or_make_folds
 from .io import CheckpointError, load_checkpoint, remove_stale_temps, save_checkpoint, write_csv, write_json
@@ -392,7 +392,10 @@ def train(cfg: C.Config, folds: list[int] | None = None, force: bool = False) ->
     exp = cfg.exp_dir
     E.check_config(cfg, force)  # read-only, before the data is read: a wrong name fails at once
     created = next((p for p in [*reversed(exp.parents), exp] if not p.exists()), None)  # topmost new folder
-    exp.mkdir(parents=True, exist_ok=True)
+    try:
+        exp.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # output_dir is a file, read-only, ...
+        raise ExperimentError(f"{exp}: cannot create the experiment folder ({e.strerror})") from None
     locks, record = [], None
     try:
         for k in folds:  # one writer per fold: a second process on any of them stops here, at once
