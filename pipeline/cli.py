@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import config as C
@@ -35,7 +36,8 @@ def run(main) -> None:
     try:
         sys.exit(main() or 0)
     except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except (Interrupted, KeyboardInterrupt):
         print("stopped; run the same command again to resume", file=sys.stderr)
@@ -49,9 +51,14 @@ def train_main(argv=None):
     p.add_argument("--force", action="store_true", help="retrain finished folds / overwrite a different experiment")
     args = p.parse_intermixed_args(argv)
     cfg = load(args)
+    from . import distributed
     from .cv import report
     from .trainer import train
-    oof = train(cfg, parse_folds(args.folds), force=args.force)
+    dist = distributed.init()  # torchrun: join its process group
+    try:
+        oof = train(cfg, parse_folds(args.folds), force=args.force, dist=dist)
+    finally:
+        distributed.shutdown(dist)
     if not oof.empty:
         report(cfg.exp_dir)
 

@@ -82,7 +82,9 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = opt(8, "maximum epochs per fold")
-    batch_size: int = opt(32, "training batch size")
+    batch_size: int = opt(32, "global training batch size (over all processes and accumulation steps); train.lr is for it")
+    accumulate: int = opt(1, "gradient accumulation: micro-batches per optimizer step")
+    sync_bn: bool = opt(False, "SyncBatchNorm under torchrun: batch statistics over all processes")
     lr: float = opt(1e-3, "peak learning rate")
     min_lr: float = opt(1e-6, "final learning rate of the cosine schedule")
     warmup_epochs: float = opt(1.0, "linear warmup length in epochs")
@@ -149,6 +151,9 @@ class Config:
             (m.dropout_samples >= 1, "model.dropout_samples must be >= 1"),
             (t.epochs >= 1, "train.epochs must be >= 1"),
             (t.batch_size >= 2, f"train.batch_size must be >= 2 (batch norm needs two rows), got {t.batch_size}"),
+            (t.accumulate >= 1 and t.batch_size % t.accumulate == 0 and t.batch_size // t.accumulate >= 2,
+             f"train.accumulate must be >= 1 and divide train.batch_size into micro-batches of at least 2 rows, "
+             f"got batch_size {t.batch_size} and accumulate {t.accumulate}"),
             (t.lr > 0 and t.min_lr >= 0, "train.lr must be > 0 and train.min_lr >= 0"),
             (0 <= t.warmup_epochs <= t.epochs, "train.warmup_epochs must be in [0, train.epochs]"),
             (t.weight_decay >= 0, "train.weight_decay must be >= 0"),

@@ -28,6 +28,7 @@ class Runtime:
     channels_last: bool
     mean: torch.Tensor
     std: torch.Tensor
+    progress: bool = True  # draw progress bars (rank 0 only, under torchrun)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -60,9 +61,10 @@ def tune_process() -> None:
     cv2.setNumThreads(1)
 
 
-def make_runtime(model: torch.nn.Module, amp: bool, cpu_bf16: bool, channels_last: bool) -> Runtime:
+def make_runtime(model: torch.nn.Module, amp: bool, cpu_bf16: bool, channels_last: bool,
+                 device: torch.device | None = None, progress: bool = True) -> Runtime:
     tune_process()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp else None
     else:
@@ -70,7 +72,13 @@ def make_runtime(model: torch.nn.Module, amp: bool, cpu_bf16: bool, channels_las
     data_cfg = timm.data.resolve_model_data_config(model.backbone)
     mean = torch.tensor(data_cfg["mean"], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(data_cfg["std"], device=device).view(1, 3, 1, 1) * 255
-    return Runtime(device, amp_dtype, channels_last, mean, std)
+    return Runtime(device, amp_dtype, channels_last, mean, std, progress)
+
+
+def place(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
+    """The model on the runtime's device, in its memory format."""
+    model.to(rt.device)
+    return model.to(memory_format=torch.channels_last) if rt.channels_last else model
 
 
 def to_input(images: torch.Tensor, rt: Runtime) -> torch.Tensor:
@@ -107,31 +115,39 @@ def forward(model, x: torch.Tensor, meta: torch.Tensor, rt: Runtime) -> torch.Te
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, step: int,
                     mixup_prob: float, mixup_alpha: float, rng: np.random.Generator, desc: str = "train",
-                    should_stop=lambda: False) -> tuple[float, int]:
-    """One pass over ``loader``; returns (mean loss, global step). Stops early (between steps) when
-    ``should_stop()`` turns true."""
+                    should_stop=lambda: False, accumulate: int = 1) -> tuple[float, int]:
+    """One pass over ``loader``; returns (mean loss, global step). The loader yields micro-batches:
+    ``accumulate`` of them make one optimizer step (and one scheduler step); each is mixed on its
+    own, with the same draws on every rank. Under DDP the gradients are averaged over the ranks
+    at the last micro-batch of a step only. Stops early (between steps) when ``should_stop()``
+    turns true; it is asked once per step on every rank."""
     model.train()
     total, seen = 0.0, 0
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
-    for images, meta, y in bar:
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not rt.progress)
+    for i, (images, meta, y) in enumerate(bar):
+        last = (i + 1) % accumulate == 0
         y = y.to(rt.device)
         meta = meta.to(rt.device)
         with one_thread(rt):
             x = to_input(images, rt)
             x, meta, y_a, y_b, lam = mixup(x, meta, y, mixup_prob, mixup_alpha, rng)
-        loss = mixup_loss(forward(model, x, meta, rt), y_a, y_b, lam)
-        optimizer.zero_grad(set_to_none=True)
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            loss = mixup_loss(forward(model, x, meta, rt), y_a, y_b, lam)
+            (scaler.scale(loss / accumulate) if scaler is not None else loss / accumulate).backward()
+        total += loss.item() * len(y)
+        seen += len(y)
+        if not last:
+            continue
         if scaler is not None:
-            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         step += 1
         scheduler.step_update(step)
-        total += loss.item() * len(y)
-        seen += len(y)
         bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         if should_stop():
             break
@@ -150,7 +166,7 @@ def predict(model, loader, rt: Runtime, tta: int = 1, desc: str = "predict") -> 
     """Probabilities averaged over ``tta`` views; all views of a batch go through one forward."""
     model.eval()
     out = []
-    for images, meta, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for images, meta, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not rt.progress):
         b = images.shape[0]
         with one_thread(rt):
             x = to_input(torch.cat(tta_views(images, tta)) if tta > 1 else images, rt)

@@ -6,9 +6,11 @@ its rules are in ``pipeline/experiment.py``.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
+import resource
 import signal
 import subprocess
 import sys
@@ -25,10 +27,11 @@ from timm.optim import Lookahead, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 
 from . import config as C
+from . import distributed as D
 from . import experiment as E
 from .data import ImageMetaDataset, build_cache, make_loader, train_transform
-from .engine import make_runtime, predict, train_one_epoch
-from .errors import DataError, ExperimentError, Interrupted
+from .engine import Runtime, make_runtime, place, predict, train_one_epoch
+from .errors import DataError, ExperimentError, Interrupted, PipelineError
 from .features import MetaTransform, check_numeric
 from .folds import fold_table, load_or_make_folds
 from .io import CheckpointError, load_checkpoint, remove_stale_temps, save_checkpoint, write_csv, write_json
@@ -208,118 +211,200 @@ def _load_resume_state(fold_dir: Path) -> tuple[Path, dict] | None:
     return None
 
 
-def run_fold(cfg: C.Config, data: TrainData, fold: int, stop: StopFlag) -> pd.DataFrame:
-    """Train one fold (resuming when a checkpoint exists); return its OOF rows."""
-    t, d = cfg.train, cfg.data
-    fold_dir = cfg.exp_dir / f"fold{fold}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    train_idx = np.flatnonzero(data.df["fold"].to_numpy() != fold)
-    val_idx = np.flatnonzero(data.df["fold"].to_numpy() == fold)
-    y = data.df[d.target_col].to_numpy().astype(np.float32)
+@dataclass
+class Fold:
+    """One fold's training, built once: what a checkpoint saves (model, optimizer, scheduler,
+    scaler, state) and what the epochs run on. ``net`` is what trains: the model itself, or its
+    DistributedDataParallel wrapper under torchrun; ``model`` is what is validated and saved."""
+    k: int
+    dir: Path
+    model: torch.nn.Module
+    net: torch.nn.Module
+    rt: Runtime
+    train_ds: ImageMetaDataset
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader   # this rank's share of the validation rows
+    val_idx: np.ndarray                        # all validation rows (data.df positions), in gathered order
+    optimizer: Lookahead
+    scheduler: CosineLRScheduler
+    scaler: torch.amp.GradScaler | None
+    state: dict
 
-    torch.manual_seed(epoch_seed(t.seed, fold, -1))
+
+def build_fold(cfg: C.Config, data: TrainData, k: int, dist: D.Dist = D.SINGLE) -> Fold:
+    """Model (head bias at the fold's base rate), runtime, loaders, optimizer and schedule of fold
+    ``k``; the same on every rank (the seed is set first; DDP also broadcasts rank 0's weights)."""
+    t = cfg.train
+    fold_of = data.df["fold"].to_numpy()
+    train_idx, val_idx = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
+    y = data.df[cfg.data.target_col].to_numpy().astype(np.float32)
+    torch.manual_seed(epoch_seed(t.seed, k, -1))
     model = build_model(cfg, data.meta.shape[1])
     if t.bias_init:
         model.init_head_bias(float(y[train_idx].mean()))
-    rt = make_runtime(model, t.amp, t.cpu_bf16, t.channels_last)
-    model.to(rt.device)
-    if rt.channels_last:
-        model.to(memory_format=torch.channels_last)
+    if t.sync_bn and dist.world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    rt = make_runtime(model, t.amp, t.cpu_bf16, t.channels_last, dist.device, progress=dist.main)
+    place(model, rt)
+    net = model
+    if dist.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.local_rank] if rt.device.type == "cuda" else None)
 
-    cache_rows = data.df["cache_row"].to_numpy()
-    train_ds = ImageMetaDataset(data.images, cache_rows[train_idx], data.meta[train_idx], y[train_idx],
-                                train_transform(t.augment, t.aug_scale, t.aug_color), seed=epoch_seed(t.seed, fold, 0))
-    val_ds = ImageMetaDataset(data.images, cache_rows[val_idx], data.meta[val_idx], y[val_idx])
+    rows = data.df["cache_row"].to_numpy()
+    mine = np.array_split(val_idx, dist.world)[dist.rank]  # unpadded shares: gathered, each row once
+    train_ds = ImageMetaDataset(data.images, rows[train_idx], data.meta[train_idx], y[train_idx],
+                                train_transform(t.augment, t.aug_scale, t.aug_color), seed=epoch_seed(t.seed, k, 0))
+    val_ds = ImageMetaDataset(data.images, rows[mine], data.meta[mine], y[mine])
     pin = rt.device.type == "cuda"
-    train_loader = make_loader(train_ds, t.batch_size, True, t.num_workers, pin_memory=pin, drop_last=True)
+    micro = t.batch_size // (dist.world * t.accumulate)
+    train_loader = make_loader(train_ds, micro, True, t.num_workers, pin_memory=pin, global_batch=t.batch_size,
+                               rank=dist.rank, world=dist.world)
     val_loader = make_loader(val_ds, cfg.infer.batch_size, False, t.num_workers, pin_memory=pin)
-    steps_per_epoch = len(train_loader)
-
     optimizer = build_optimizer(model, t)
-    scheduler = build_scheduler(optimizer, t, steps_per_epoch)
+    scheduler = build_scheduler(optimizer, t, len(train_idx) // t.batch_size)
     scaler = torch.amp.GradScaler() if rt.amp_dtype == torch.float16 else None
     state = {"epoch": 0, "step": 0, "best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0}
-    resume = _load_resume_state(fold_dir)
-    if resume is not None:
-        path, ckpt = resume
-        try:  # Lookahead's slow weights and step counter live in the base Adam's state dict
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and "scaler" in ckpt:
-                scaler.load_state_dict(ckpt["scaler"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{path}: does not fit this model and config ({str(e).splitlines()[0]}); "
-                                  f"delete {fold_dir} to train this fold again") from None
-        state = dict(ckpt["state"])
-        best = fold_dir / "best.pt"
-        if state["best_epoch"] == state["epoch"]:  # killed between last.pt and best.pt: rewrite best.pt
-            try:
-                best_epoch = load_checkpoint(best).get("epoch")
-            except CheckpointError:
-                best_epoch = None
-            if best_epoch != state["epoch"]:
-                save_checkpoint(best, {"model": model.state_dict(), "epoch": state["epoch"], "auc": state["best_auc"]})
-        print(f"fold {fold}: resuming from {path} after epoch {state['epoch']} (best AUC {state['best_auc']:.4f}, "
-              f"{state['bad_epochs']} epoch(s) without improvement)")
+    return Fold(k, cfg.exp_dir / f"fold{k}", model, net, rt, train_ds, train_loader, val_loader, val_idx,
+                optimizer, scheduler, scaler, state)
 
-    log_path = fold_dir / "log.csv"
-    log = pd.read_csv(log_path).iloc[:state["epoch"]] if log_path.exists() and state["epoch"] else pd.DataFrame()
-    for epoch in range(state["epoch"], t.epochs):
-        if state["bad_epochs"] >= t.patience:
-            break
-        if stop():  # Ctrl-C during validation or saving: stop before starting another epoch
-            raise Interrupted(f"in fold {fold} after epoch {epoch} (saved)")
-        seed = epoch_seed(t.seed, fold, epoch)
-        torch.manual_seed(seed)
-        train_loader.generator.manual_seed(seed)
-        train_ds.set_epoch(epoch)
-        start = time.time()
-        loss, state["step"] = train_one_epoch(
-            model, train_loader, optimizer, scheduler, scaler, rt, state["step"], t.mixup_prob, t.mixup_alpha,
-            np.random.default_rng(seed), desc=f"fold {fold} epoch {epoch + 1}/{t.epochs}", should_stop=stop)
-        if stop():
-            raise Interrupted(f"in fold {fold} during epoch {epoch + 1} (not saved; it is redone)")
-        optimizer.sync_lookahead()  # evaluate and save the slow weights
-        train_time = time.time() - start
-        pred = predict(model, val_loader, rt, tta=1, desc=f"fold {fold} validate")
-        auc = float(roc_auc_score(y[val_idx], pred))
-        improved = auc > state["best_auc"]
-        if improved:
-            state.update(best_auc=auc, best_epoch=epoch + 1, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch + 1
-        row = {"epoch": epoch + 1, "train_loss": round(loss, 6), "val_auc": round(auc, 6),
-               "lr": optimizer.param_groups[0]["lr"], "train_s": round(train_time, 2),
-               "val_s": round(time.time() - start - train_time, 2), "best": improved}
-        log = pd.concat([log, pd.DataFrame([row])], ignore_index=True)
-        write_csv(log_path, log)
-        last = fold_dir / "last.pt"
-        if last.exists():
-            last.replace(fold_dir / "last.prev.pt")
-        save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "state": state,
-                               **({"scaler": scaler.state_dict()} if scaler is not None else {})})
-        # best.pt after last.pt: a resume from an epoch never finds a best.pt of a later epoch, and
-        # a kill between the two is repaired on resume from last.pt's weights
-        if improved:
-            save_checkpoint(fold_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1, "auc": auc})
-        print(f"fold {fold} epoch {epoch + 1}: loss {loss:.4f}  val AUC {auc:.4f}"
-              f"{'  *best*' if improved else ''}  ({train_time:.0f}s train)")
 
-    model.load_state_dict(load_checkpoint(fold_dir / "best.pt")["model"])
-    pred = predict(model, val_loader, rt, tta=cfg.infer.tta, desc=f"fold {fold} OOF")
+def resume(f: Fold) -> None:
+    """Continue from the fold's last epoch checkpoint, when there is one (every rank loads it)."""
+    found = _load_resume_state(f.dir)
+    if found is None:
+        return
+    path, ckpt = found
+    try:  # Lookahead's slow weights and step counter live in the base Adam's state dict
+        f.model.load_state_dict(ckpt["model"])
+        f.optimizer.load_state_dict(ckpt["optimizer"])
+        f.scheduler.load_state_dict(ckpt["scheduler"])
+        if f.scaler is not None and "scaler" in ckpt:
+            f.scaler.load_state_dict(ckpt["scaler"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: does not fit this model and config ({str(e).splitlines()[0]}); "
+                              f"delete {f.dir} to train this fold again") from None
+    f.state = dict(ckpt["state"])
+    print(f"fold {f.k}: resuming from {path} after epoch {f.state['epoch']} (best AUC {f.state['best_auc']:.4f}, "
+          f"{f.state['bad_epochs']} epoch(s) without improvement)")
+
+
+def predict_fold(f: Fold, tta: int, desc: str, dist: D.Dist) -> np.ndarray:
+    """Probabilities for every validation row of the fold, in ``val_idx`` order: each rank predicts
+    its share, and the shares are gathered."""
+    return np.concatenate(dist.gather(predict(f.model, f.val_loader, f.rt, tta=tta, desc=desc)))
+
+
+def save_epoch(f: Fold, improved: bool, auc: float) -> None:
+    """last.pt (rotating the previous one to last.prev.pt), then best.pt when the epoch improved."""
+    last = f.dir / "last.pt"
+    if last.exists():
+        last.replace(f.dir / "last.prev.pt")
+    save_checkpoint(last, {"model": f.model.state_dict(), "optimizer": f.optimizer.state_dict(),
+                           "scheduler": f.scheduler.state_dict(), "state": f.state,
+                           **({"scaler": f.scaler.state_dict()} if f.scaler is not None else {})})
+    # best.pt after last.pt: a resume from an epoch never finds a best.pt of a later epoch, and
+    # a kill between the two is repaired on resume from last.pt's weights
+    if improved:
+        save_checkpoint(f.dir / "best.pt", {"model": f.model.state_dict(), "epoch": f.state["epoch"], "auc": auc})
+
+
+def repair_best(f: Fold) -> None:
+    """Killed between last.pt and best.pt of an improving epoch: rewrite best.pt from last.pt."""
+    if f.state["best_epoch"] != f.state["epoch"] or f.state["epoch"] == 0:
+        return
+    try:
+        best_epoch = load_checkpoint(f.dir / "best.pt").get("epoch")
+    except CheckpointError:
+        best_epoch = None
+    if best_epoch != f.state["epoch"]:
+        save_checkpoint(f.dir / "best.pt", {"model": f.model.state_dict(), "epoch": f.state["epoch"],
+                                            "auc": f.state["best_auc"]})
+
+
+def run_epoch(cfg: C.Config, f: Fold, epoch: int, y_val: np.ndarray, stop, dist: D.Dist) -> dict:
+    """Train one epoch, sync Lookahead's slow weights and validate them; returns the log row."""
+    t = cfg.train
+    seed = epoch_seed(t.seed, f.k, epoch)
+    torch.manual_seed(seed)
+    f.train_loader.generator.manual_seed(seed)
+    f.train_ds.set_epoch(epoch)
+    start = time.time()
+    loss, f.state["step"] = train_one_epoch(
+        f.net, f.train_loader, f.optimizer, f.scheduler, f.scaler, f.rt, f.state["step"], t.mixup_prob,
+        t.mixup_alpha, np.random.default_rng(seed), desc=f"fold {f.k} epoch {epoch + 1}/{t.epochs}",
+        should_stop=lambda: dist.any(stop()), accumulate=t.accumulate)
+    if dist.any(stop()):
+        raise Interrupted(f"in fold {f.k} during epoch {epoch + 1} (not saved; it is redone)")
+    f.optimizer.sync_lookahead()  # evaluate and save the slow weights
+    dist.average_buffers(f.model)
+    train_time = time.time() - start
+    loss = float(np.mean(dist.gather(loss)))
+    auc = float(roc_auc_score(y_val, predict_fold(f, 1, f"fold {f.k} validate", dist)))
+    improved = auc > f.state["best_auc"]
+    if improved:
+        f.state.update(best_auc=auc, best_epoch=epoch + 1, bad_epochs=0)
+    else:
+        f.state["bad_epochs"] += 1
+    f.state["epoch"] = epoch + 1
+    return {"epoch": epoch + 1, "train_loss": round(loss, 6), "val_auc": round(auc, 6),
+            "lr": f.optimizer.param_groups[0]["lr"], "train_s": round(train_time, 2),
+            "val_s": round(time.time() - start - train_time, 2), "best": improved,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident memory so far (Linux: kilobytes in ru_maxrss)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+
+
+def finish_fold(cfg: C.Config, data: TrainData, f: Fold, dist: D.Dist) -> pd.DataFrame:
+    """The best epoch's weights predict the fold's validation rows with TTA: its OOF rows."""
+    d = cfg.data
+    f.model.load_state_dict(load_checkpoint(f.dir / "best.pt")["model"])
+    pred = predict_fold(f, cfg.infer.tta, f"fold {f.k} OOF", dist)
     keep = [d.id_col] + ([d.group_col] if d.group_col else []) + ["fold", d.target_col]
-    oof = data.df.iloc[val_idx][keep].rename(columns={d.target_col: "target"})
+    oof = data.df.iloc[f.val_idx][keep].rename(columns={d.target_col: "target"})
     oof["pred"] = pred
-    write_csv(fold_dir / "oof.csv", oof)
-    for p in fold_dir.glob("last*.pt*"):  # last.pt, last.prev.pt and any set-aside .corrupt file
-        p.unlink()
-    remove_stale_temps(fold_dir)
-    print(f"fold {fold}: best val AUC {state['best_auc']:.4f} at epoch {state['best_epoch']}, "
+    if dist.main:
+        write_csv(f.dir / "oof.csv", oof)
+        for p in f.dir.glob("last*.pt*"):  # last.pt, last.prev.pt and any set-aside .corrupt file
+            p.unlink()
+        remove_stale_temps(f.dir)
+    print(f"fold {f.k}: best val AUC {f.state['best_auc']:.4f} at epoch {f.state['best_epoch']}, "
           f"OOF AUC (TTA x{cfg.infer.tta}) {roc_auc_score(oof['target'], pred):.4f}")
     return oof
+
+
+def run_fold(cfg: C.Config, data: TrainData, fold: int, stop, dist: D.Dist = D.SINGLE) -> pd.DataFrame:
+    """Train one fold (resuming when a checkpoint exists); return its OOF rows. Under torchrun every
+    rank runs this; rank 0 alone writes."""
+    t = cfg.train
+    f = build_fold(cfg, data, fold, dist)
+    if dist.main:
+        f.dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    resume(f)
+    if dist.main:
+        repair_best(f)
+    y_val = data.df[cfg.data.target_col].to_numpy()[f.val_idx]
+    log_path = f.dir / "log.csv"
+    log = pd.read_csv(log_path).iloc[:f.state["epoch"]] if log_path.exists() and f.state["epoch"] else pd.DataFrame()
+    for epoch in range(f.state["epoch"], t.epochs):
+        if f.state["bad_epochs"] >= t.patience:
+            break
+        if dist.any(stop()):  # Ctrl-C during validation or saving: stop before starting another epoch
+            raise Interrupted(f"in fold {fold} after epoch {epoch} (saved)")
+        row = run_epoch(cfg, f, epoch, y_val, stop, dist)
+        if dist.main:
+            log = pd.concat([log, pd.DataFrame([row])], ignore_index=True)
+            write_csv(log_path, log)
+            save_epoch(f, row["best"], row["val_auc"])
+        dist.barrier()  # the checkpoint is on disk before any rank goes on (a kill then resumes from it)
+        print(f"fold {fold} epoch {epoch + 1}: loss {row['train_loss']:.4f}  val AUC {row['val_auc']:.4f}"
+              f"{'  *best*' if row['best'] else ''}  ({row['train_s']:.0f}s train, peak {row['peak_rss_mb']} MB)")
+    dist.barrier()
+    return finish_fold(cfg, data, f, dist)
 
 
 def check_batch_size(cfg: C.Config, data: TrainData, folds: list[int]) -> None:
@@ -383,54 +468,96 @@ def open_experiment(cfg: C.Config, data: TrainData, folds: list[int], force: boo
     return record
 
 
-def train(cfg: C.Config, folds: list[int] | None = None, force: bool = False) -> pd.DataFrame:
-    """Train the requested folds (default: all); finished folds are skipped unless ``force``.
-    A command that fails before training leaves the experiment folder as it found it."""
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    folds = resolve_folds(cfg, folds)
-    check_backbone(cfg)
+def claim(cfg: C.Config, folds: list[int], force: bool) -> tuple[list, Path | None]:
+    """Before the data is read: the experiment folder is one of ours (or new), and no other process
+    trains any of ``folds`` (their locks are taken, at once or never). Returns the locks and the
+    topmost folder created for them (removed again if the run fails before writing anything)."""
     exp = cfg.exp_dir
-    E.check_config(cfg, force)  # read-only, before the data is read: a wrong name fails at once
-    created = next((p for p in [*reversed(exp.parents), exp] if not p.exists()), None)  # topmost new folder
+    E.check_config(cfg, force)  # read-only: a wrong name or another config fails at once
+    created = next((p for p in [*reversed(exp.parents), exp] if not p.exists()), None)
     try:
         exp.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # output_dir is a file, read-only, ...
         raise ExperimentError(f"{exp}: cannot create the experiment folder ({e.strerror})") from None
-    locks, record = [], None
+    locks = []
     try:
-        for k in folds:  # one writer per fold: a second process on any of them stops here, at once
+        for k in folds:
             locks.append(E.fold_lock(exp, k).acquire())
-        data = prepare(cfg)
-        check_batch_size(cfg, data, folds)
-        record = open_experiment(cfg, data, folds, force, {lock.path.name for lock in locks})
-        if force:
-            assemble_oof(exp, cfg, record)
-        stop = StopFlag()
-        with stop.installed():
-            for fold, lock in zip(folds, locks):
-                fold_dir = exp / f"fold{fold}"
-                if (fold_dir / "oof.csv").exists():
-                    print(f"fold {fold}: done already ({fold_dir / 'oof.csv'}); --force retrains it")
-                elif stop():
-                    raise Interrupted(f"before fold {fold}")
-                else:
-                    run_fold(cfg, data, fold, stop)
-                lock.release()
+    except BaseException:
+        release(locks, created, exp)
+        raise
+    return locks, created
+
+
+def release(locks: list, created: Path | None, exp: Path, wrote: bool = False) -> None:
+    """Release the fold locks; a run that wrote nothing removes the folders it created (if empty:
+    another process may have started the experiment meanwhile)."""
+    for lock in locks:
+        lock.release()
+    if wrote or created is None:
+        return
+    for folder in [exp, *exp.parents]:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+        if folder == created:
+            break
+
+
+def train(cfg: C.Config, folds: list[int] | None = None, force: bool = False,
+          dist: D.Dist = D.SINGLE) -> pd.DataFrame:
+    """Train the requested folds (default: all); finished folds are skipped unless ``force``.
+    A command that fails before training leaves the experiment folder as it found it. Under
+    torchrun (``dist``) every rank trains every fold with DDP; rank 0 alone checks the experiment
+    folder, holds the locks and writes."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    folds = resolve_folds(cfg, folds)
+    check_backbone(cfg)
+    t = cfg.train
+    if t.batch_size % (dist.world * t.accumulate):
+        raise C.ConfigError(f"train.batch_size={t.batch_size} (the global batch) must divide into {dist.world} "
+                            f"process(es) x {t.accumulate} accumulation step(s)")
+    exp = cfg.exp_dir
+    locks, created, record, failed = [], None, None, None
+    if dist.main:  # ranks > 0 wait for rank 0's checks, and stop with its error
+        try:
+            locks, created = claim(cfg, folds, force)
+            data = prepare(cfg)
+            check_batch_size(cfg, data, folds)
+            record = open_experiment(cfg, data, folds, force, {lock.path.name for lock in locks})
+            if force:
                 assemble_oof(exp, cfg, record)
+        except BaseException as e:
+            release(locks, created, exp)
+            failed = e
+    error = dist.broadcast(None if failed is None else f"{type(failed).__name__}: {failed}")
+    if failed is not None:
+        raise failed
+    if error is not None:
+        raise PipelineError(f"rank 0 stopped: {error}")
+    if not dist.main:
+        data = prepare(cfg)  # rank 0 made the cache and the fold table: read here
+    print(f"global batch {t.batch_size} = {dist.world} process(es) x {t.accumulate} accumulation step(s) x "
+          f"{t.batch_size // (dist.world * t.accumulate)} rows; lr {t.lr:g} for the global batch, whatever the "
+          f"number of processes")
+    stop = StopFlag()
+    try:
+        with stop.installed():
+            for fold, lock in itertools.zip_longest(folds, locks):
+                done = dist.broadcast((exp / f"fold{fold}" / "oof.csv").exists())
+                if done:
+                    print(f"fold {fold}: done already ({exp / f'fold{fold}' / 'oof.csv'}); --force retrains it")
+                else:
+                    run_fold(cfg, data, fold, stop, dist)
+                if dist.main:
+                    lock.release()
+                    assemble_oof(exp, cfg, record)
     except Interrupted as e:
         again = "without --force" if force else "again"
         print(f"interrupted {e}; run the same command {again} to resume from the last finished epoch",
               file=sys.stderr)
         raise
     finally:
-        for lock in locks:
-            lock.release()
-        if record is None and created:  # failed before writing anything: leave no trace
-            for folder in [exp, *exp.parents]:
-                try:  # only when empty: another process may have started the experiment meanwhile
-                    folder.rmdir()
-                except OSError:
-                    break
-                if folder == created:
-                    break
-    return assemble_oof(exp, cfg, record)
+        release(locks, None, exp, wrote=True)
+    return assemble_oof(exp, cfg, record) if dist.main else pd.DataFrame()

@@ -1,0 +1,39 @@
+"""Run under torchrun by tests/test_distributed.py: builds one fold as the trainer does, trains one
+epoch with DDP, and prints (rank 0) JSON of what each rank saw: the head bias at the start, every
+mixup lambda, the global step and a checksum of the weights and of Lookahead's slow weights."""
+import json
+import sys
+
+import torch
+
+from pipeline import config as C
+from pipeline import distributed as D
+from pipeline import engine
+from pipeline import trainer as T
+
+dist = D.init()
+cfg = C.load_config(None, sys.argv[1:])
+data = T.prepare(cfg)
+fold = T.build_fold(cfg, data, 0, dist)
+bias = float(fold.model.head.bias.detach())
+lams = []
+real_mixup = engine.mixup
+
+
+def recording(*args, **kwargs):
+    out = real_mixup(*args, **kwargs)
+    lams.append(out[-1])
+    return out
+
+
+engine.mixup = recording
+T.run_epoch(cfg, fold, 0, data.df[cfg.data.target_col].to_numpy()[fold.val_idx], lambda: False, dist)
+slow = [s["lookahead_slow_buff"] for g in fold.optimizer.param_groups for p in g["params"]
+        if (s := fold.optimizer._base_optimizer.state.get(p)) and "lookahead_slow_buff" in s]
+seen = {"bias": bias, "lams": lams, "step": fold.state["step"], "rows": len(fold.train_loader.sampler),
+        "weights": float(sum(p.double().sum() for p in fold.model.state_dict().values() if p.is_floating_point())),
+        "slow": float(sum(s.double().sum() for s in slow)), "n_slow": len(slow)}
+everyone = dist.gather(seen)
+if dist.main:
+    sys.__stdout__.write(json.dumps(everyone) + "\n")
+D.shutdown(dist)

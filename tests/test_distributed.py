@@ -1,0 +1,139 @@
+"""torchrun and DDP on CPU (gloo), in subprocesses: sharded shuffle, OOF coverage, identical ranks,
+resume after a kill; gradient accumulation."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT, tiny_overrides
+from pipeline import config as C
+from pipeline import trainer as T
+from pipeline.data import SeededShuffle
+from pipeline.io import load_checkpoint
+
+TRAIN = str(ROOT / "train.py")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread(one_torch_thread):
+    yield
+
+
+def torchrun(*argv, cwd: Path, nproc: int = 2, **popen) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             f"--nproc_per_node={nproc}", *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **popen)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun starts its workers in sessions of their
+    own: killing its process group would leave them running)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def finish(proc: subprocess.Popen, timeout: int = 600) -> tuple[str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out, err
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_sharded_shuffle_gives_every_global_batch_whatever_the_process_count(world):
+    n, batch = 103, 16
+    one = list(SeededShuffle(n, torch.Generator().manual_seed(5), batch))
+    shares = [list(SeededShuffle(n, torch.Generator().manual_seed(5), batch, r, world)) for r in range(world)]
+    assert len(one) == (n // batch) * batch and len(set(one)) == len(one)  # whole batches, each row once
+    for r, share in enumerate(shares):
+        assert len(share) == len(SeededShuffle(n, torch.Generator(), batch, r, world))
+    steps = n // batch
+    for s in range(steps):  # the ranks' shares of step s together are the one-process batch s
+        together = [i for share in shares for i in share[s * batch // world:(s + 1) * batch // world]]
+        assert together == one[s * batch:(s + 1) * batch]
+
+
+def test_ranks_start_equal_mix_alike_and_stay_equal(tiny_data, tmp_path):
+    """Head-bias init, every mixup lambda, the step count, the weights and Lookahead's slow weights
+    after an epoch are the same on both ranks; each rank trains half of every global batch."""
+    args = tiny_overrides(tiny_data, tmp_path, **{"train.epochs": 1, "train.mixup_prob": 0.7,
+                                                  "train.lookahead_k": 2, "train.batch_size": 16})
+    out, _ = finish(torchrun(str(ROOT / "tests" / "ddp_probe.py"), *args, cwd=tmp_path))
+    a, b = json.loads(out.strip().splitlines()[-1])
+    assert a["bias"] == b["bias"] != 0.0
+    assert a["lams"] == b["lams"] and len(a["lams"]) == a["step"] > 0 and any(lam != 1.0 for lam in a["lams"])
+    assert a["step"] == b["step"] and a["rows"] == b["rows"] == a["step"] * 8
+    assert a["weights"] == b["weights"] and a["slow"] == b["slow"] and a["n_slow"] > 0
+
+
+def test_torchrun_trains_every_fold_and_the_oof_covers_each_row_once(tiny_data, tmp_path):
+    args = tiny_overrides(tiny_data, tmp_path, **{"train.epochs": 1})
+    out, err = finish(torchrun(TRAIN, *args, cwd=tmp_path))
+    exp = tmp_path / "oof" / "tiny"
+    oof = pd.read_csv(exp / "oof.csv", dtype={"image_name": "string"})
+    train = pd.read_csv(tiny_data / "train.csv", dtype={"image_name": "string"})
+    assert sorted(oof["image_name"]) == sorted(train["image_name"])  # each validation row once, no padding
+    assert "global batch 16 = 2 process(es) x 1 accumulation step(s) x 8 rows" in out
+    assert out.count("pooled OOF AUC") == 1  # rank 0 alone prints
+    assert not list(exp.glob("*.lock")) and not list(exp.glob("fold*/last*.pt"))
+    assert all(len(pd.read_csv(exp / f"fold{k}" / "log.csv")) == 1 for k in range(3))
+
+
+def test_resume_after_a_kill_under_torchrun_equals_an_uninterrupted_run(tiny_data, tmp_path):
+    def args(work):
+        return [TRAIN, *tiny_overrides(tiny_data, work, **{"train.epochs": 2, "train.patience": 5}), "--folds", "0"]
+
+    finish(torchrun(*args(tmp_path / "a"), cwd=tmp_path))
+    (tmp_path / "b").mkdir()
+    proc = torchrun(*args(tmp_path / "b"), cwd=tmp_path)
+    last = tmp_path / "b" / "oof" / "tiny" / "fold0" / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    kill_tree(proc.pid)  # torchrun and both ranks, after epoch 1 was saved
+    proc.wait()
+    assert load_checkpoint(last)["state"]["epoch"] == 1
+    out, err = finish(torchrun(*args(tmp_path / "b"), cwd=tmp_path))
+    assert "fold 0: resuming from" in out and "recovered the lock" in err, out[-3000:]
+    a, b = (pd.read_csv(tmp_path / w / "oof" / "tiny" / "oof.csv") for w in ("a", "b"))
+    assert (a["image_name"] == b["image_name"]).all()
+    np.testing.assert_allclose(a["pred"], b["pred"], rtol=0, atol=1e-6)
+
+
+def test_accumulation_counts_optimizer_steps_not_micro_batches(tiny_cfg):
+    steps = {}
+    for acc in (1, 2):
+        cfg = tiny_cfg(**{"folds.n_folds": 2, "train.epochs": 2, "train.accumulate": acc, "name": f"acc{acc}"})
+        data = T.prepare(cfg)
+        fold = T.build_fold(cfg, data, 0)
+        assert fold.train_loader.batch_size == 16 // acc
+        T.run_epoch(cfg, fold, 0, data.df["target"].to_numpy()[fold.val_idx], lambda: False, T.D.SINGLE)
+        steps[acc] = fold.state["step"]  # optimizer steps of one epoch, counted by the schedule
+        assert fold.scheduler.t_initial + fold.scheduler.warmup_t == cfg.train.epochs * steps[acc]
+    assert steps[1] == steps[2] == int((data.df["fold"] != 0).sum()) // 16
+    with pytest.raises(C.ConfigError, match="train.accumulate"):
+        tiny_cfg(**{"train.accumulate": 3})
