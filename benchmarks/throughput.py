@@ -12,10 +12,11 @@ What it measures, in one process:
    Lookahead(Adam) as the pipeline; forward + backward + optimizer step. A short probe alternating
    contiguous and channels_last finds the faster format, which is the one measured against the
    pipeline;
-2. the pipeline's training: the real ImageMetaDataset / make_loader / train_transform /
-   engine.train_one_epoch / trainer.build_optimizer / build_scheduler over full epochs with the image
-   cache warm (loader, augmentation, mixup, step and Lookahead sync included); the first epoch is a
-   warm-up, the rest are timed; validation (tta=1) is timed separately;
+2. the pipeline's training: a fold built by ``trainer.build_fold`` and trained by
+   ``trainer.run_epoch``, the very steps train.py runs (loader, augmentation, mixup, step, Lookahead
+   sync, validation), over full epochs with the image cache warm; the first epoch is a warm-up, the
+   rest are timed; validation (tta=1) is timed separately. The figure train.py's own log.csv would
+   show for the same epochs (images / train_s) is printed beside it;
 3. raw forward (inference_mode, batches of infer.batch_size * tta) and the pipeline's engine.predict
    with TTA, counting every view;
 4. peak resident memory of this process (ru_maxrss; loader workers are reported apart).
@@ -50,6 +51,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
@@ -57,12 +59,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.data import ImageMetaDataset, build_cache, make_loader, train_transform  # noqa: E402
-from pipeline.engine import (forward, make_runtime, one_thread, predict, to_input, train_one_epoch,  # noqa: E402
-                             tta_views)
+from pipeline import distributed as D  # noqa: E402
+from pipeline import trainer as T  # noqa: E402
+from pipeline.data import build_cache  # noqa: E402
+from pipeline.engine import forward, one_thread, predict, to_input, tta_views  # noqa: E402
 from pipeline.mixup import mixup, mixup_loss  # noqa: E402
-from pipeline.model import build_model  # noqa: E402
-from pipeline.trainer import build_optimizer, build_scheduler  # noqa: E402
 
 ISIC2017 = ROOT.parent / "shared" / "data" / "isic2017"
 N_META = 8  # width of the (random) meta vector; the meta MLP is tiny either way
@@ -98,6 +99,10 @@ class Interleaved:
 
     def __len__(self):
         return len(self.loader)
+
+    @property
+    def generator(self):  # trainer.run_epoch seeds the loader's shuffle through it
+        return self.loader.generator
 
     def __iter__(self):
         it = iter(self.loader)
@@ -186,7 +191,8 @@ def main(argv=None):
     p.add_argument("--val-images", type=int, default=None, help="validation/inference images, whole batches "
                    "of infer.batch_size (default: 2 batches)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs; the first is a warm-up")
-    p.add_argument("--infer-rounds", type=int, default=3, help="TTA inference passes; the first is a warm-up")
+    p.add_argument("--infer-rounds", type=int, default=9, help="TTA inference passes, alternating with the raw "
+                   "forward; the first is a warm-up")
     p.add_argument("--tta", type=int, default=4)
     p.add_argument("--probe-steps", type=int, default=6, help="raw steps per memory format to find the faster")
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: train.num_workers)")
@@ -201,7 +207,7 @@ def main(argv=None):
     source = args.source if args.source != "auto" else ("isic2017" if (ISIC2017 / "images").is_dir() else "generated")
 
     overrides = [f"model.backbone={args.backbone}", f"model.image_size={args.image_size}",
-                 f"train.batch_size={args.batch_size}", f"infer.tta={args.tta}", f"train.epochs={args.epochs}",
+                 f"train.batch_size={args.batch_size}", f"infer.tta={args.tta}", f"train.epochs={args.epochs + 1}",
                  *args.set]
     if args.workers is not None:
         overrides.append(f"train.num_workers={args.workers}")
@@ -210,6 +216,7 @@ def main(argv=None):
     # Whole inference batches only, so that each one matches the raw forward's batch.
     infer_bs = min(cfg.infer.batch_size, args.val_images or cfg.infer.batch_size)
     n_val = (args.val_images or 2 * infer_bs) // infer_bs * infer_bs
+    cfg.infer.batch_size = infer_bs  # the fold's validation loader, batch for batch the raw forward's
     n_train = args.images - args.images % t.batch_size
     if n_train < t.batch_size:
         p.error("--images must be at least --batch-size")
@@ -228,39 +235,30 @@ def main(argv=None):
         y = (rng.random(len(paths)) < 0.2).astype(np.float32)
         train_rows, val_rows = np.arange(n_train), np.arange(n_train, n_train + n_val)
 
-        model = build_model(cfg, N_META)
-        rt = make_runtime(model, t.amp, t.cpu_bf16, t.channels_last)
+        # The pipeline: one fold built and trained by the trainer's own steps (trainer.build_fold,
+        # trainer.run_epoch: what train.py runs), on a table whose fold 0 is the validation set.
+        df = pd.DataFrame({"cache_row": np.arange(len(paths)), "target": y.astype(int),
+                           "fold": np.r_[np.ones(n_train, int), np.zeros(n_val, int)]})
+        fold = T.build_fold(cfg, T.TrainData(df, images, meta, None, []), 0)
+        model, optimizer, rt, train_loader, val_loader = (fold.model, fold.optimizer, fold.rt, fold.train_loader,
+                                                          fold.val_loader)
+        y_val = y[val_rows]
         # Raw twins, one per memory format, copied before any training so all start alike. They run in the
         # pipeline's precision (autocast) and take already-normalised float inputs of the same shape.
         raw = {}
         for fmt, cl in (("contiguous", False), ("channels_last", True)):
-            m = copy.deepcopy(model).to(rt.device)
+            m = copy.deepcopy(model).to(rt.device).to(memory_format=torch.channels_last if cl else torch.contiguous_format)
             x = torch.randn(t.batch_size, 3, size, size, device=rt.device)
             xi = torch.randn(infer_bs * args.tta, 3, size, size, device=rt.device)
             if cl:
-                m.to(memory_format=torch.channels_last)
                 x, xi = (v.contiguous(memory_format=torch.channels_last) for v in (x, xi))
-            raw[fmt] = dict(model=m, opt=build_optimizer(m, t), x=x, xi=xi,
+            raw[fmt] = dict(model=m, opt=T.build_optimizer(m, t), x=x, xi=xi,
                             rt=dataclasses.replace(rt, channels_last=cl), train=Tally(), infer=Tally(),
                             probe_train=Tally(), probe_infer=Tally())
         raw_meta = torch.randn(t.batch_size, N_META, device=rt.device)
         raw_y = (torch.rand(t.batch_size, device=rt.device) < 0.2).float()
         raw_meta_i = torch.randn(infer_bs * args.tta, N_META, device=rt.device)
-
-        # The pipeline, set up as trainer.run_fold does.
-        model.to(rt.device)
-        if rt.channels_last:
-            model.to(memory_format=torch.channels_last)
-        train_ds = ImageMetaDataset(images, train_rows, meta[train_rows], y[train_rows],
-                                    train_transform(t.augment, t.aug_scale, t.aug_color), seed=t.seed)
-        val_ds = ImageMetaDataset(images, val_rows, meta[val_rows], y[val_rows])
-        pin = rt.device.type == "cuda"
-        train_loader = make_loader(train_ds, t.batch_size, True, t.num_workers, pin_memory=pin, drop_last=True)
-        val_loader = make_loader(val_ds, infer_bs, False, t.num_workers, pin_memory=pin)
         steps_per_epoch = len(train_loader)
-        optimizer = build_optimizer(model, t)
-        scheduler = build_scheduler(optimizer, t, steps_per_epoch)
-        scaler = torch.amp.GradScaler() if rt.amp_dtype == torch.float16 else None
 
         print(f"source {source}: {n_train} training + {n_val} validation images -> {size}px; "
               f"{args.backbone}, batch {t.batch_size}, {steps_per_epoch} steps/epoch, {args.epochs} epochs; "
@@ -305,21 +303,12 @@ def main(argv=None):
             if timed:
                 infer_raw["infer"].add(len(infer_raw["xi"]), s, [s])
 
-        pipe_train, pipe_val, fetch, step = Tally(), Tally(), [], 0
+        pipe_train, pipe_val, fetch = Tally(), Tally(), []
         for epoch in range(args.epochs):
             timed = epoch > 0  # the first epoch is a warm-up for both
-            loader = Interleaved(train_loader, train_between)
-            start = time.perf_counter()
-            torch.manual_seed(epoch)
-            train_loader.generator.manual_seed(epoch)
-            train_ds.set_epoch(epoch)
-            _, step = train_one_epoch(model, loader, optimizer, scheduler, scaler, rt, step, t.mixup_prob,
-                                      t.mixup_alpha, np.random.default_rng(epoch), desc=f"epoch {epoch + 1}")
-            optimizer.sync_lookahead()
-            train_s = time.perf_counter() - start - loader.between_s
-            start = time.perf_counter()
-            predict(model, val_loader, rt, tta=1, desc="validate")
-            val_s = time.perf_counter() - start
+            loader = fold.train_loader = Interleaved(train_loader, train_between)
+            row = T.run_epoch(cfg, fold, epoch, y_val, lambda: False, D.SINGLE)  # train.py's epoch, as it is
+            train_s, val_s = row["train_s"] - loader.between_s, row["val_s"]
             if timed:
                 pipe_train.add(n_train, train_s, loader.steps)
                 fetch += loader.fetch
@@ -329,16 +318,25 @@ def main(argv=None):
                   + f"; validation {n_val / val_s:.1f} img/s; pipeline steps {sum(loader.steps):.2f}s (first "
                   f"{loader.steps[0]:.2f}s, slowest {max(loader.steps):.2f}s), outside steps "
                   f"{train_s - sum(loader.steps):.2f}s", flush=True)
+        fold.train_loader = train_loader
+        # One more epoch alone, nothing in between: the figure train.py's log.csv shows (images / train_s),
+        # to check the interleaved measurement against.
+        row = T.run_epoch(cfg, fold, args.epochs, y_val, lambda: False, D.SINGLE)
+        alone = n_train / row["train_s"]
+        print(f"epoch {args.epochs + 1} alone, as log.csv times it: {alone:.1f} img/s", flush=True)
 
-        pipe_infer = Tally()
+        pipe_infer, infer_ratios = Tally(), []
         for rnd in range(args.infer_rounds):
             timed = rnd > 0
+            before = infer_raw["infer"].seconds, infer_raw["infer"].images
             loader = Interleaved(val_loader, infer_between)
             start = time.perf_counter()
             predict(model, loader, rt, tta=args.tta, desc="predict")
             s = time.perf_counter() - start - loader.between_s
             if timed:
                 pipe_infer.add(n_val * args.tta, s, [])
+                raw_rate = (infer_raw["infer"].images - before[1]) / (infer_raw["infer"].seconds - before[0])
+                infer_ratios.append(n_val * args.tta / s / raw_rate)
         worker_mb = workers_peak_rss_mb()  # while the persistent loader workers are alive
 
         # The loop's own chores alone, on all threads vs on one (engine.one_thread), alternated.
@@ -385,13 +383,19 @@ def main(argv=None):
     for name, rate, note in rows:
         print(f"| {name:<40} | {rate:>9} | {note}")
     print(f"| {'train ratio (median steps, noise check)':<40} | {step_ratio:>9.3f} |")
+    q1, med, q3 = np.percentile(infer_ratios, [25, 50, 75])
+    print(f"| {'infer ratio per round: median (IQR)':<40} | {med:>9.3f} | {q1:.3f}-{q3:.3f} over "
+          f"{len(infer_ratios)} rounds")
+    print(f"| {'one epoch alone, as log.csv times it':<40} | {alone:>9.1f} | images / train_s of train.py's "
+          f"epoch, nothing in between (vs pipeline {pipe_train.rate:.1f} interleaved)")
     print(f"| {'peak RSS: this process / loader workers':<40} | {rss_mb:>6.0f} MB | "
           f"{', '.join(f'{m:.0f} MB' for m in worker_mb) or 'no workers'}")
     print("\nthe loop's chores alone, median ms: before -> as the pipeline runs them")
     for name, (a, b) in chores.items():
         print(f"  {name:<50} {a:7.2f} -> {b:6.2f}")
     print()
-    print(f"train_ratio={train_ratio:.3f} infer_ratio={infer_ratio:.3f} peak_rss_mb={int(round(rss_mb))}")
+    print(f"train_ratio={train_ratio:.3f} infer_ratio={infer_ratio:.3f} infer_ratio_median={med:.3f} "
+          f"peak_rss_mb={int(round(rss_mb))}")
 
 
 if __name__ == "__main__":

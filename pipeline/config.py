@@ -98,6 +98,8 @@ class TrainConfig:
     seed: int = opt(42, "training seed")
     folds: list = opt([], "folds to train; [] = all")
     num_workers: int = opt(0, "data loader worker processes")
+    deterministic: bool = opt(False, "torch.use_deterministic_algorithms: bit-identical reruns on CUDA (slower; "
+                                     "on CPU the loop is deterministic without it, and it cost 17% of a step)")
     amp: bool = opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")
     cpu_bf16: bool = opt(False, "bf16 autocast on CPU")
     channels_last: bool = opt(True, "channels_last memory format")

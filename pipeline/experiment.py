@@ -36,8 +36,8 @@ from .tables import few
 
 # Keys that change where or how a run is executed, not its results: they may differ on resume.
 # Where the data and the fold table lie does not matter either: their content is compared (data.csv).
-RUN_ONLY_KEYS = {"name", "output_dir", "train.folds", "train.num_workers", "data.root", "data.cache_dir",
-                 "data.generate_sample", "folds.path", "features.max_bad_fraction", "infer"}
+RUN_ONLY_KEYS = {"name", "output_dir", "train.folds", "train.num_workers", "train.deterministic", "data.root",
+                 "data.cache_dir", "data.generate_sample", "folds.path", "features.max_bad_fraction", "infer"}
 
 # Everything this pipeline writes into an experiment folder (besides fold<k>/ folders); --force
 # deletes nothing else. Hidden ".<name>.tmp<pid>" files are atomic writes in progress or left by a kill.

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 
 from . import config as C
 from .data import ImageMetaDataset, build_cache, make_loader
-from .engine import make_runtime, predict
+from .engine import make_runtime, place, predict
 from .errors import ExperimentError
 from .features import MetaTransform, check_numeric
 from .io import load_checkpoint, write_csv
@@ -72,9 +71,7 @@ def make_submission(cfg: C.Config, allow_missing_folds: bool | None = None,
         model.load_state_dict(load_checkpoint(exp / f"fold{k}" / "best.pt")["model"])
         rt = make_runtime(model, trained.train.amp, trained.train.cpu_bf16 or cfg.infer.cpu_bf16,
                           trained.train.channels_last)
-        model.to(rt.device)
-        if rt.channels_last:
-            model.to(memory_format=torch.channels_last)
+        place(model, rt)
         preds.append(predict(model, loader, rt, tta=cfg.infer.tta, desc=f"fold {k} test"))
     id_col = trained.data.id_col
     by_id = pd.Series(np.mean(preds, axis=0), index=test[id_col])

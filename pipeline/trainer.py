@@ -511,7 +511,8 @@ def train(cfg: C.Config, folds: list[int] | None = None, force: bool = False,
     A command that fails before training leaves the experiment folder as it found it. Under
     torchrun (``dist``) every rank trains every fold with DDP; rank 0 alone checks the experiment
     folder, holds the locks and writes."""
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     folds = resolve_folds(cfg, folds)
     check_backbone(cfg)
     t = cfg.train
