@@ -135,7 +135,7 @@ class Config:
         """Every value's range, checked when the config is loaded: before any file is written."""
         d, f, m, t, i = self.data, self.features, self.model, self.train, self.infer
         checks = [
-            (_plain_name(self.name), f"name must be a plain folder name (not empty, no '/' or '\\', not '.' or "
+            (plain_name(self.name), f"name must be a plain folder name (not empty, no '/' or '\\', not '.' or "
                                      f"'..'), got {self.name!r}"),
             (self.output_dir.strip() != "", "output_dir must not be empty"),
             (self.folds.n_folds >= 2, "folds.n_folds must be at least 2"),
@@ -181,7 +181,7 @@ class Config:
 PRETRAINED = ("auto", "offline", "timm", "none")
 
 
-def _plain_name(name: str) -> bool:
+def plain_name(name: str) -> bool:
     """A single folder name: results of ``name=..`` or ``name=a/b`` would land outside output_dir."""
     return name.strip() not in ("", ".", "..") and not any(c in name for c in "/\\\0")
 

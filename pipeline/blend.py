@@ -1,0 +1,344 @@
+"""Blend the out-of-fold predictions (and submissions) of several experiments into a new experiment.
+
+    python -m pipeline.blend oof/a oof/b oof/c --name abc_rank --method rank
+    python -m pipeline.cv oof/abc_rank
+
+writes ``oof/abc_rank/`` beside its members (``--output-dir`` puts it elsewhere)::
+
+    blend.json       members (as given and resolved), method, transform, the submission's weights
+                     and, for ``fit``, the weights that scored each fold
+    oof.csv          id, group column (when the members have one), fold, target, pred: like a member's
+    submission.csv   the members' submission.csv combined with the same weights and transform
+                     (only when every member has one; otherwise a note on stderr says why not)
+
+Methods:
+
+    mean   equal weights on the probabilities
+    rank   equal weights on rank-normalised predictions (ranks scaled to [0, 1]; OOF ranks are taken
+           within each fold, since each fold is a different model, test ranks over the whole test set)
+    fit    rank average with non-negative weights summing to 1 that maximise the AUC. Fold k is scored
+           with weights fitted on the other folds' rows only, so the reported CV is out of fold; the
+           submission uses weights fitted on all rows.
+
+Members must hold the same rows, in the same folds, with the same targets; their submissions the
+same ids in the same order. An existing folder is replaced only when it is a blend (has blend.json).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+from scipy.stats import rankdata
+
+from .config import plain_name
+from .cv import COLUMNS, fold_report, read_oof
+from .errors import ConfigError, DataError, ExperimentError, PipelineError
+from .tables import few
+
+METHODS = ("mean", "rank", "fit")
+GRID_STEPS = 20  # weights on a 0.05 grid: exhaustive for 2-3 members (21 or 231 candidates)
+GRID_MAX_MEMBERS = 3
+
+
+def check_name(name: str) -> str:
+    # the name becomes one folder beside the members: a path could write over anything
+    if not plain_name(name):
+        raise ConfigError(f"--name must be a plain folder name (no '/', not '.' or '..'), got {name!r}")
+    return name
+
+
+def default_output_dir(first: Path) -> Path:
+    """The folder that holds the first member (``oof/a`` -> ``oof``)."""
+    return first.parent if first.name not in ("", ".", "..") else first.resolve().parent
+
+
+def check_members(members: list[Path]) -> None:
+    if len(members) < 2:
+        raise ConfigError(f"a blend needs at least two members, got {len(members)}: {few(members)}")
+    resolved = [m.resolve() for m in members]
+    twice = [str(m) for i, m in enumerate(members) if resolved[i] in resolved[:i]]
+    if twice:
+        raise ConfigError(f"member(s) given more than once: {few(twice)}")
+    missing = [str(m) for m in members if not m.is_dir()]
+    if missing:
+        raise DataError(f"member folder(s) not found: {few(missing)}")
+
+
+def check_output(out: Path, members: list[Path]) -> None:
+    """Only a blend may be replaced: anything else in the way is the user's (an experiment, a member)."""
+    if out.resolve() in [m.resolve() for m in members]:
+        raise ExperimentError(f"{out}: is one of the members; use another --name")
+    if out.exists() and not out.is_dir():
+        raise ExperimentError(f"{out}: exists and is not a folder; use another --name")
+    if out.is_dir() and not (out / "blend.json").is_file():
+        held = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+        if held:  # an empty folder holds nothing to lose
+            raise ExperimentError(f"{out}: exists and is not a blend (no blend.json; it holds {few(held)}); "
+                                  f"use another --name or --output-dir")
+
+
+def read_member(member: Path) -> pd.DataFrame:
+    path = member / "oof.csv"
+    oof = read_oof(path)
+    if oof.columns[0] in COLUMNS:
+        raise DataError(f"{path}: the first column must be the row id (has: {', '.join(oof.columns)})")
+    return oof
+
+
+def check_same_rows(a: pd.DataFrame, b: pd.DataFrame, a_dir: Path, b_dir: Path) -> None:
+    """Blending rows of different folds or targets would score nothing meaningful: refuse."""
+    ia, ib = pd.Index(a.iloc[:, 0]), pd.Index(b.iloc[:, 0])
+    only_a, only_b = ia.difference(ib, sort=False), ib.difference(ia, sort=False)
+    if len(only_a) or len(only_b):
+        sides = [f"only in {d}: {few(ids)}" for ids, d in [(only_a, a_dir), (only_b, b_dir)] if len(ids)]
+        raise DataError(f"{a_dir} and {b_dir} cover different rows: {'; '.join(sides)}")
+    b = b.set_index(b.columns[0]).loc[ia]
+    for col, what in [("fold", "put rows in different folds"), ("target", "have different targets")]:
+        x, y = a[col].to_numpy(), b[col].to_numpy()
+        diff = np.flatnonzero(x != y)
+        if len(diff):
+            raise DataError(f"{a_dir} and {b_dir} {what}: "
+                            f"{few([f'{ia[i]} ({x[i]} vs {y[i]})' for i in diff], 3)}")
+
+
+def align(oofs: list[pd.DataFrame], members: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows (id, group columns, fold, target, in the first member's order) and one column of
+    predictions per member, both indexed by id."""
+    for oof, member in zip(oofs[1:], members[1:]):
+        check_same_rows(oofs[0], oof, members[0], member)
+    id_col = oofs[0].columns[0]
+    group = [c for c in oofs[0].columns[1:] if c not in COLUMNS and all(c in o.columns for o in oofs[1:])]
+    base = oofs[0].set_index(id_col)[group + ["fold", "target"]]
+    preds = pd.DataFrame({str(m): o.set_index(o.columns[0])["pred"].loc[base.index].to_numpy()
+                          for o, m in zip(oofs, members)}, index=base.index)
+    return base, preds
+
+
+def rank01(x) -> np.ndarray:
+    """Ranks scaled to [0, 1] (ties share their mean rank): only the order of a model's scores is
+    comparable between models, and between folds of one model."""
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) < 2:
+        return np.full(len(x), 0.5)
+    return (rankdata(x) - 1) / (len(x) - 1)
+
+
+def fold_ranks(preds: pd.DataFrame, fold: pd.Series) -> pd.DataFrame:
+    """Each member's predictions ranked within each fold: each fold is scored by a different model."""
+    out = preds.copy()
+    for k in fold.unique():
+        rows = (fold == k).to_numpy()
+        out.loc[rows] = np.column_stack([rank01(c) for c in preds[rows].to_numpy().T])
+    return out
+
+
+def auc(target: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC from ranks (same value as sklearn's, ties counted half); fast enough to call for
+    every candidate weight vector. NaN with a single class."""
+    pos = target == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float((rankdata(score)[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def simplex_grid(m: int, steps: int = GRID_STEPS) -> np.ndarray:
+    return np.array([c for c in itertools.product(range(steps + 1), repeat=m) if sum(c) == steps]) / steps
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def fit_weights(ranks: pd.DataFrame, target: pd.Series) -> np.ndarray:
+    """Non-negative weights summing to 1 that maximise the AUC of ``ranks @ w`` on exactly these rows.
+    Ties (AUC is flat in places) go to the weights closest to equal ones, so the result is
+    deterministic and moves away from equal weights only for a real gain."""
+    x, y = ranks.to_numpy(np.float64), target.to_numpy()
+    m = x.shape[1]
+    equal = np.full(m, 1.0 / m)
+    if np.isnan(auc(y, x @ equal)):  # a single class: nothing to fit
+        return equal
+    if m <= GRID_MAX_MEMBERS:
+        candidates = np.vstack([equal, simplex_grid(m)])
+        scores = np.array([auc(y, x @ w) for w in candidates])
+        distance = np.linalg.norm(candidates - equal, axis=1)
+        best = np.lexsort((distance, -scores))[0]
+        return candidates[best]
+    # too many members for a grid: Nelder-Mead on a softmax parametrisation, from equal weights
+    start = np.zeros(m)
+    simplex = np.vstack([start, 2.0 * np.eye(m)])
+    res = minimize(lambda z: -auc(y, x @ softmax(z)), start, method="Nelder-Mead",
+                   options={"initial_simplex": simplex, "maxiter": 200 * m, "xatol": 1e-3, "fatol": 1e-7})
+    w = softmax(res.x)
+    return w if auc(y, x @ w) > auc(y, x @ equal) else equal
+
+
+def blend_oof(preds: pd.DataFrame, fold: pd.Series, target: pd.Series,
+              method: str) -> tuple[pd.Series, np.ndarray, dict[int, list[float]]]:
+    """The blended OOF predictions, the weights for the submission and, for ``fit``, the weights
+    that scored each fold (fitted without that fold's rows)."""
+    m = preds.shape[1]
+    equal = np.full(m, 1.0 / m)
+    if method == "mean":
+        return preds @ equal, equal, {}
+    ranks = fold_ranks(preds, fold)
+    if method == "rank":
+        return ranks @ equal, equal, {}
+    folds = sorted(fold.unique())
+    if len(folds) < 2:
+        raise DataError(f"--method fit needs at least two folds to score each one out of fold; "
+                        f"the members have only fold {folds[0]}")
+    out = pd.Series(np.nan, index=preds.index)
+    per_fold = {}
+    for k in folds:
+        held_out = (fold == k).to_numpy()
+        w = fit_weights(ranks[~held_out], target[~held_out])
+        out[held_out] = ranks[held_out].to_numpy() @ w
+        per_fold[int(k)] = w.tolist()
+    return out, fit_weights(ranks, target), per_fold
+
+
+def read_submission(path: Path) -> pd.DataFrame:
+    """id (text, as written) and one finite prediction column."""
+    try:
+        sub = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    if sub.shape[1] != 2:
+        raise DataError(f"{path}: expected 2 columns, the id then the prediction (has: {', '.join(sub.columns)})")
+    if sub.empty:
+        raise DataError(f"{path}: no rows")
+    id_col, col = sub.columns
+    ids = sub[id_col]
+    if ids.isna().any() or ids.duplicated().any():
+        raise DataError(f"{path}: column '{id_col}' has blank or duplicate ids: "
+                        f"{few(ids[ids.isna() | ids.duplicated()].fillna('blank').unique())}")
+    pred = pd.to_numeric(sub[col], errors="coerce").astype("float64")
+    bad = ~np.isfinite(pred)
+    if bad.any():
+        shown = ("'" + sub[col] + "'").fillna("blank") + " at " + ids
+        raise DataError(f"{path}: column '{col}' must be a finite number; found {few(shown[bad])}")
+    return pd.DataFrame({id_col: ids, col: pred.to_numpy()})
+
+
+def check_same_ids(a: pd.DataFrame, b: pd.DataFrame, a_path: Path, b_path: Path) -> None:
+    """Rows are matched by position, so ids and their order must agree."""
+    x, y = a.iloc[:, 0].to_numpy(), b.iloc[:, 0].to_numpy()
+    if len(x) == len(y) and (x == y).all():
+        return
+    only_a, only_b = pd.Index(x).difference(y, sort=False), pd.Index(y).difference(x, sort=False)
+    if len(only_a) or len(only_b):
+        sides = [f"only in {p}: {few(ids)}" for ids, p in [(only_a, a_path), (only_b, b_path)] if len(ids)]
+        raise DataError(f"{a_path} and {b_path} hold different ids: {'; '.join(sides)}")
+    diff = np.flatnonzero(x != y)
+    raise DataError(f"{a_path} and {b_path} list the same ids in a different order: "
+                    f"{few([f'line {i + 2}: {x[i]} vs {y[i]}' for i in diff], 3)}")
+
+
+def read_submissions(members: list[Path]) -> tuple[list[pd.DataFrame] | None, str]:
+    """Every member's submission, checked against the first; or None and why not (not an error: the
+    OOF blend is useful before inference)."""
+    paths = [m / "submission.csv" for m in members]
+    missing = [str(m) for m, p in zip(members, paths) if not p.is_file()]
+    if missing:
+        return None, f"no submission.csv in {few(missing)} (run infer.py for it)"
+    subs = [read_submission(p) for p in paths]
+    for sub, path in zip(subs[1:], paths[1:]):
+        check_same_ids(subs[0], sub, paths[0], path)
+    return subs, ""
+
+
+def blend_submission(subs: list[pd.DataFrame], method: str, weights: np.ndarray) -> pd.DataFrame:
+    """The OOF's transform and weights applied to the test predictions; the first member's column
+    names and id order."""
+    test = np.column_stack([s.iloc[:, 1].to_numpy(np.float64) for s in subs])
+    if method != "mean":
+        test = np.column_stack([rank01(c) for c in test.T])
+    id_col, col = subs[0].columns
+    return pd.DataFrame({id_col: subs[0][id_col], col: test @ weights})
+
+
+def pooled_auc(oof: pd.DataFrame) -> tuple[float, float]:
+    return auc(oof["target"].to_numpy(), oof["pred"].to_numpy()), float(fold_report(oof)["auc"].mean())
+
+
+def write_blend(out: Path, info: dict, oof: pd.DataFrame, sub: pd.DataFrame | None) -> None:
+    from .io import write_csv, write_json  # imports torch: not needed to report wrong input
+    out.mkdir(parents=True, exist_ok=True)
+    # blend.json first: a folder interrupted half-way is still recognised as a blend and replaced
+    write_json(out / "blend.json", info)
+    write_csv(out / "oof.csv", oof)
+    if sub is not None:
+        write_csv(out / "submission.csv", sub)
+    else:  # the replaced blend's submission would not match this blend
+        (out / "submission.csv").unlink(missing_ok=True)
+    (out / "roc.png").unlink(missing_ok=True)  # drawn by pipeline.cv for the replaced blend
+
+
+def blend(members: list[str | Path], name: str, method: str = "rank", output_dir: str | Path | None = None) -> dict:
+    """Blend ``members`` into ``<output_dir>/<name>/``; returns what blend.json holds."""
+    if method not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    check_name(name)
+    members = [Path(m) for m in members]
+    check_members(members)
+    out = Path(output_dir if output_dir is not None else default_output_dir(members[0])) / name
+    check_output(out, members)
+    oofs = [read_member(m) for m in members]
+    base, preds = align(oofs, members)
+    if base["target"].nunique() < 2:
+        raise DataError(f"{members[0] / 'oof.csv'}: column 'target' has a single class; AUC needs both")
+    subs, why_not = read_submissions(members)  # before writing: a bad submission must leave nothing half-done
+    pred, weights, per_fold = blend_oof(preds, base["fold"], base["target"], method)
+    oof = base.assign(pred=pred.to_numpy()).reset_index()  # id, group, fold, target, pred: a member's layout
+    sub = blend_submission(subs, method, weights) if subs is not None else None
+    info = {"members": [str(m) for m in members], "resolved": [str(m.resolve()) for m in members],
+            "method": method, "transform": "probability" if method == "mean" else "rank",
+            "weights": weights.tolist(), "submission": "submission.csv" if sub is not None else None}
+    if method == "fit":
+        info["fold_weights"] = {str(k): w for k, w in per_fold.items()}
+    write_blend(out, info, oof, sub)
+    print(f"wrote {out / 'oof.csv'} ({len(oof)} rows)" +
+          (f", {out / 'submission.csv'} ({len(sub)} rows)" if sub is not None else "") + f", {out / 'blend.json'}")
+    if sub is None:
+        print(f"no submission made: {why_not}", file=sys.stderr)
+    print_scores(members, oofs, out, method, weights, oof)
+    return info
+
+
+def print_scores(members: list[Path], oofs: list[pd.DataFrame], out: Path, method: str,
+                 weights: np.ndarray, oof: pd.DataFrame) -> None:
+    rows = [(str(m), f"{w:.3f}", *pooled_auc(o)) for m, o, w in zip(members, oofs, weights)]
+    rows.append((f"{out} ({method})", "", *pooled_auc(oof)))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'':{width}}  weight  pooled OOF AUC  mean fold AUC")
+    for label, w, pooled, mean in rows:
+        print(f"{label:{width}}  {w:>6}  {pooled:14.4f}  {mean:13.4f}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Blend the OOF predictions and submissions of experiments.")
+    parser.add_argument("members", nargs="+", help="experiment folders, e.g. oof/a oof/b")
+    parser.add_argument("--name", required=True, help="the blend's folder name, e.g. ab_rank")
+    parser.add_argument("--method", choices=METHODS, default="rank", help="how to combine (default: rank)")
+    parser.add_argument("--output-dir", help="where the blend folder goes (default: beside the first member)")
+    args = parser.parse_args(argv)
+    try:
+        blend(args.members, args.name, args.method, args.output_dir)
+    except PipelineError as e:  # anything else is a bug: keep its traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
