@@ -17,7 +17,8 @@ What it measures, in one process:
    sync, validation), over full epochs with the image cache warm; the first epoch is a warm-up, the
    rest are timed; validation (tta=1) is timed separately. The figure train.py's own log.csv would
    show for the same epochs (images / train_s) is printed beside it;
-3. raw forward (inference_mode, batches of infer.batch_size * tta) and the pipeline's engine.predict
+3. raw forward (inference_mode, batches of infer.batch_size: engine.predict runs one view of a batch
+   per forward) and the pipeline's engine.predict
    with TTA, counting every view;
 4. peak resident memory of this process (ru_maxrss; loader workers are reported apart).
 
@@ -249,7 +250,7 @@ def main(argv=None):
         for fmt, cl in (("contiguous", False), ("channels_last", True)):
             m = copy.deepcopy(model).to(rt.device).to(memory_format=torch.channels_last if cl else torch.contiguous_format)
             x = torch.randn(t.batch_size, 3, size, size, device=rt.device)
-            xi = torch.randn(infer_bs * args.tta, 3, size, size, device=rt.device)
+            xi = torch.randn(infer_bs, 3, size, size, device=rt.device)  # predict's forward: one view of a batch
             if cl:
                 x, xi = (v.contiguous(memory_format=torch.channels_last) for v in (x, xi))
             raw[fmt] = dict(model=m, opt=T.build_optimizer(m, t), x=x, xi=xi,
@@ -257,7 +258,7 @@ def main(argv=None):
                             probe_train=Tally(), probe_infer=Tally())
         raw_meta = torch.randn(t.batch_size, N_META, device=rt.device)
         raw_y = (torch.rand(t.batch_size, device=rt.device) < 0.2).float()
-        raw_meta_i = torch.randn(infer_bs * args.tta, N_META, device=rt.device)
+        raw_meta_i = torch.randn(infer_bs, N_META, device=rt.device)
         steps_per_epoch = len(train_loader)
 
         print(f"source {source}: {n_train} training + {n_val} validation images -> {size}px; "

@@ -20,13 +20,13 @@ def load(args) -> C.Config:
     return C.load_config(args.config, args.overrides)
 
 
-def parse_folds(text: str | None) -> list[int] | None:
+def parse_ints(text: str | None, option: str = "--folds") -> list[int] | None:
     if not text:
         return None
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise C.ConfigError(f"--folds expects comma-separated integers such as 0,2, got {text!r}") from None
+        raise C.ConfigError(f"{option} expects comma-separated integers such as 0,2, got {text!r}") from None
 
 
 def run(main) -> None:
@@ -49,18 +49,26 @@ def train_main(argv=None):
                "done, nothing else to run but infer.py).")
     p.add_argument("--folds", help="comma-separated folds to train, e.g. 0,2 (default: all)")
     p.add_argument("--force", action="store_true", help="retrain finished folds / overwrite a different experiment")
+    p.add_argument("--seeds", help="comma-separated training seeds, e.g. 1,2,3: one experiment each, named "
+                                   "<name>_seed<k>, then compared (the seed-to-seed noise, measured)")
     args = p.parse_intermixed_args(argv)
     cfg = load(args)
+    folds, seeds = parse_ints(args.folds), parse_ints(args.seeds, "--seeds")
+    runs = [C.with_overrides(C.from_dict(C.to_dict(cfg)), [f"train.seed={s}", f"name={cfg.name}_seed{s}"])
+            for s in seeds] if seeds else [cfg]
     from . import distributed
-    from .cv import report
+    from .cv import compare, report
     from .trainer import train
     dist = distributed.init()  # torchrun: join its process group
     try:
-        oof = train(cfg, parse_folds(args.folds), force=args.force, dist=dist)
+        oofs = [train(run, folds, force=args.force, dist=dist) for run in runs]
     finally:
         distributed.shutdown(dist)
-    if not oof.empty:
-        report(cfg.exp_dir)
+    for run, oof in zip(runs, oofs):
+        if not oof.empty:
+            report(run.exp_dir)
+    if len(runs) > 1 and all(not oof.empty for oof in oofs):
+        compare([run.exp_dir for run in runs], plot=False)
 
 
 def infer_main(argv=None):

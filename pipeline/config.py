@@ -94,6 +94,9 @@ class TrainConfig:
     mixup_prob: float = opt(0.5, "probability that a batch is mixed")
     mixup_alpha: float = opt(0.4, "mixup lambda ~ Beta(alpha, alpha)")
     bias_init: bool = opt(True, "initialise the head bias to the fold's log-odds")
+    ema: bool = opt(False, "validate, checkpoint and predict with an exponential moving average of the weights "
+                           "(timm ModelEmaV3)")
+    ema_decay: float = opt(0.998, "EMA decay per optimizer step (timm's warmup: the first steps average fewer)")
     patience: int = opt(3, "early stopping: epochs without a better validation AUC")
     seed: int = opt(42, "training seed")
     folds: list = opt([], "folds to train; [] = all")
@@ -163,6 +166,7 @@ class Config:
             (0.0 < t.lookahead_alpha <= 1.0, "train.lookahead_alpha must be in (0, 1]"),
             (0.0 <= t.mixup_prob <= 1.0, "train.mixup_prob must be in [0, 1]"),
             (t.mixup_alpha > 0, "train.mixup_alpha must be > 0"),
+            (0.0 < t.ema_decay < 1.0, "train.ema_decay must be in (0, 1)"),
             (t.patience >= 1, "train.patience must be >= 1"),
             (t.seed >= 0 and self.folds.seed >= 0, "train.seed and folds.seed must be >= 0"),
             (all(isinstance(k, int) and 0 <= k < self.folds.n_folds for k in t.folds),

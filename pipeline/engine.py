@@ -115,12 +115,13 @@ def forward(model, x: torch.Tensor, meta: torch.Tensor, rt: Runtime) -> torch.Te
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, step: int,
                     mixup_prob: float, mixup_alpha: float, rng: np.random.Generator, desc: str = "train",
-                    should_stop=lambda: False, accumulate: int = 1) -> tuple[float, int]:
+                    should_stop=lambda: False, accumulate: int = 1, after_step=None) -> tuple[float, int]:
     """One pass over ``loader``; returns (mean loss, global step). The loader yields micro-batches:
     ``accumulate`` of them make one optimizer step (and one scheduler step); each is mixed on its
     own, with the same draws on every rank. Under DDP the gradients are averaged over the ranks
     at the last micro-batch of a step only. Stops early (between steps) when ``should_stop()``
-    turns true; it is asked once per step on every rank."""
+    turns true; it is asked once per step on every rank. ``after_step(step)`` runs after each
+    optimizer step (the EMA update)."""
     model.train()
     total, seen = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
@@ -148,6 +149,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, st
         optimizer.zero_grad(set_to_none=True)
         step += 1
         scheduler.step_update(step)
+        if after_step is not None:
+            after_step(step)
         bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         if should_stop():
             break

@@ -25,6 +25,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from timm.optim import Lookahead, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
 
 from . import config as C
 from . import distributed as D
@@ -229,6 +230,12 @@ class Fold:
     scheduler: CosineLRScheduler
     scaler: torch.amp.GradScaler | None
     state: dict
+    ema: ModelEmaV3 | None = None
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights that are validated, saved as best.pt and predict: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 def build_fold(cfg: C.Config, data: TrainData, k: int, dist: D.Dist = D.SINGLE) -> Fold:
@@ -246,6 +253,7 @@ def build_fold(cfg: C.Config, data: TrainData, k: int, dist: D.Dist = D.SINGLE) 
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     rt = make_runtime(model, t.amp, t.cpu_bf16, t.channels_last, dist.device, progress=dist.main)
     place(model, rt)
+    ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True) if t.ema else None
     net = model
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -266,7 +274,7 @@ def build_fold(cfg: C.Config, data: TrainData, k: int, dist: D.Dist = D.SINGLE) 
     scaler = torch.amp.GradScaler() if rt.amp_dtype == torch.float16 else None
     state = {"epoch": 0, "step": 0, "best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0}
     return Fold(k, cfg.exp_dir / f"fold{k}", model, net, rt, train_ds, train_loader, val_loader, val_idx,
-                optimizer, scheduler, scaler, state)
+                optimizer, scheduler, scaler, state, ema)
 
 
 def resume(f: Fold) -> None:
@@ -281,6 +289,8 @@ def resume(f: Fold) -> None:
         f.scheduler.load_state_dict(ckpt["scheduler"])
         if f.scaler is not None and "scaler" in ckpt:
             f.scaler.load_state_dict(ckpt["scaler"])
+        if f.ema is not None:
+            f.ema.module.load_state_dict(ckpt["ema"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: does not fit this model and config ({str(e).splitlines()[0]}); "
                               f"delete {f.dir} to train this fold again") from None
@@ -292,7 +302,7 @@ def resume(f: Fold) -> None:
 def predict_fold(f: Fold, tta: int, desc: str, dist: D.Dist) -> np.ndarray:
     """Probabilities for every validation row of the fold, in ``val_idx`` order: each rank predicts
     its share, and the shares are gathered."""
-    return np.concatenate(dist.gather(predict(f.model, f.val_loader, f.rt, tta=tta, desc=desc)))
+    return np.concatenate(dist.gather(predict(f.evaluated, f.val_loader, f.rt, tta=tta, desc=desc)))
 
 
 def save_epoch(f: Fold, improved: bool, auc: float) -> None:
@@ -302,11 +312,12 @@ def save_epoch(f: Fold, improved: bool, auc: float) -> None:
         last.replace(f.dir / "last.prev.pt")
     save_checkpoint(last, {"model": f.model.state_dict(), "optimizer": f.optimizer.state_dict(),
                            "scheduler": f.scheduler.state_dict(), "state": f.state,
-                           **({"scaler": f.scaler.state_dict()} if f.scaler is not None else {})})
+                           **({"scaler": f.scaler.state_dict()} if f.scaler is not None else {}),
+                           **({"ema": f.ema.module.state_dict()} if f.ema is not None else {})})
     # best.pt after last.pt: a resume from an epoch never finds a best.pt of a later epoch, and
     # a kill between the two is repaired on resume from last.pt's weights
     if improved:
-        save_checkpoint(f.dir / "best.pt", {"model": f.model.state_dict(), "epoch": f.state["epoch"], "auc": auc})
+        save_checkpoint(f.dir / "best.pt", {"model": f.evaluated.state_dict(), "epoch": f.state["epoch"], "auc": auc})
 
 
 def repair_best(f: Fold) -> None:
@@ -318,7 +329,7 @@ def repair_best(f: Fold) -> None:
     except CheckpointError:
         best_epoch = None
     if best_epoch != f.state["epoch"]:
-        save_checkpoint(f.dir / "best.pt", {"model": f.model.state_dict(), "epoch": f.state["epoch"],
+        save_checkpoint(f.dir / "best.pt", {"model": f.evaluated.state_dict(), "epoch": f.state["epoch"],
                                             "auc": f.state["best_auc"]})
 
 
@@ -333,11 +344,14 @@ def run_epoch(cfg: C.Config, f: Fold, epoch: int, y_val: np.ndarray, stop, dist:
     loss, f.state["step"] = train_one_epoch(
         f.net, f.train_loader, f.optimizer, f.scheduler, f.scaler, f.rt, f.state["step"], t.mixup_prob,
         t.mixup_alpha, np.random.default_rng(seed), desc=f"fold {f.k} epoch {epoch + 1}/{t.epochs}",
-        should_stop=lambda: dist.any(stop()), accumulate=t.accumulate)
+        should_stop=lambda: dist.any(stop()), accumulate=t.accumulate,
+        after_step=None if f.ema is None else lambda step: f.ema.update(f.model, step=step))
     if dist.any(stop()):
         raise Interrupted(f"in fold {f.k} during epoch {epoch + 1} (not saved; it is redone)")
     f.optimizer.sync_lookahead()  # evaluate and save the slow weights
     dist.average_buffers(f.model)
+    if f.ema is not None:
+        dist.average_buffers(f.ema.module)
     train_time = time.time() - start
     loss = float(np.mean(dist.gather(loss)))
     auc = float(roc_auc_score(y_val, predict_fold(f, 1, f"fold {f.k} validate", dist)))
