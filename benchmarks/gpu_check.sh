@@ -31,7 +31,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from pipeline import config as C
-from pipeline.predict import make_submission
+from pipeline.infer import make_submission
 
 work = Path(sys.argv[1])
 auc = {n: roc_auc_score(*pd.read_csv(work / "oof" / n / "oof.csv")[["target", "pred"]].T.to_numpy()) for n in ("cuda", "cpu")}

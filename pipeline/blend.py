@@ -37,7 +37,8 @@ from scipy.stats import rankdata
 
 from .config import plain_name
 from .cv import COLUMNS, fold_report, read_oof
-from .errors import ConfigError, DataError, ExperimentError, PipelineError
+from .cli import guarded
+from .errors import ConfigError, DataError, ExperimentError
 from .tables import few
 
 METHODS = ("mean", "rank", "fit")
@@ -332,12 +333,11 @@ def main(argv=None) -> int:
     parser.add_argument("--method", choices=METHODS, default="rank", help="how to combine (default: rank)")
     parser.add_argument("--output-dir", help="where the blend folder goes (default: beside the first member)")
     args = parser.parse_args(argv)
-    try:
+
+    def run():
         blend(args.members, args.name, args.method, args.output_dir)
-    except PipelineError as e:  # anything else is a bug: keep its traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return guarded(run)
 
 
 if __name__ == "__main__":

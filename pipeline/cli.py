@@ -29,16 +29,23 @@ def parse_ints(text: str | None, option: str = "--folds") -> list[int] | None:
         raise C.ConfigError(f"{option} expects comma-separated integers such as 0,2, got {text!r}") from None
 
 
-def run(main) -> None:
-    """Turn the pipeline's own errors (wrong input: pipeline.errors) into one line on stderr and exit
-    code 2; Ctrl-C into 130. Any other exception is a bug: its traceback is shown."""
-    from .errors import Interrupted, PipelineError
+def guarded(main) -> int:
+    """``main()``'s exit code, with the pipeline's own errors (wrong input: pipeline.errors) turned
+    into one line on stderr and exit code 2. Any other exception is a bug: its traceback is shown."""
+    from .errors import PipelineError
     try:
-        sys.exit(main() or 0)
+        return main() or 0
     except PipelineError as e:
         if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
             print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+
+
+def run(main) -> None:
+    """Exit with ``guarded(main)``'s code; Ctrl-C exits 130."""
+    from .errors import Interrupted
+    try:
+        sys.exit(guarded(main))
     except (Interrupted, KeyboardInterrupt):
         print("stopped; run the same command again to resume", file=sys.stderr)
         sys.exit(130)
@@ -76,7 +83,7 @@ def infer_main(argv=None):
     p.add_argument("--allow-missing-folds", action="store_true", help="use the folds that exist")
     args = p.parse_intermixed_args(argv)
     cfg = load(args)
-    from .predict import make_submission
+    from .infer import make_submission
     # data.* overrides also redirect the trained experiment's test set (its saved config holds the rest)
     make_submission(cfg, allow_missing_folds=args.allow_missing_folds or None,
                     data_overrides=[o for o in args.overrides if o.strip().startswith("data.")])

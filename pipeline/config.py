@@ -84,7 +84,7 @@ class TrainConfig:
     epochs: int = opt(8, "maximum epochs per fold")
     batch_size: int = opt(32, "global training batch size (over all processes and accumulation steps); train.lr is for it")
     accumulate: int = opt(1, "gradient accumulation: micro-batches per optimizer step")
-    sync_bn: bool = opt(False, "SyncBatchNorm under torchrun: batch statistics over all processes")
+    sync_bn: bool = opt(False, "SyncBatchNorm under torchrun (CUDA only): batch statistics over all processes")
     lr: float = opt(1e-3, "peak learning rate")
     min_lr: float = opt(1e-6, "final learning rate of the cosine schedule")
     warmup_epochs: float = opt(1.0, "linear warmup length in epochs")

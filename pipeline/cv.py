@@ -53,7 +53,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from .errors import ConfigError, DataError, PipelineError
+from .cli import guarded
+from .errors import ConfigError, DataError
 from .tables import few
 
 COLUMNS = ["fold", "target", "pred"]
@@ -578,15 +579,14 @@ def main(argv=None) -> int:
     exp_dirs = [d for d in args.exp_dirs if d not in outputs] if len(outputs) < len(args.exp_dirs) else args.exp_dirs
     if len(exp_dirs) < len(args.exp_dirs):
         print(f"skipping {', '.join(outputs)}: the output folder of comparisons, not an experiment")
-    try:
+
+    def run():
         if len(exp_dirs) == 1:  # as before, then the interval and the files of a comparison
             pick_baseline(args.baseline, [Path(exp_dirs[0])], labels([Path(exp_dirs[0])]))
             report(exp_dirs[0], plot=not args.no_plot)
         compare(exp_dirs, args.baseline, plot=not args.no_plot, n_boot=args.bootstrap, seed=args.seed, out=args.out)
-    except PipelineError as e:  # anything else is a bug: keep its traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return guarded(run)
 
 
 if __name__ == "__main__":

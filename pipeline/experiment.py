@@ -8,7 +8,8 @@
     folds.csv        its fold table (id, fold): ``folds.path=<this file>`` reuses it
     features.json    the fitted meta-feature transform (inference applies exactly this)
     env.json         package versions, device, seed, git commit
-    fold<k>/         best.pt, last.pt (while training), log.csv, oof.csv (when the fold is done)
+    fold<k>/         best.pt, last.pt (while training), log.csv, val_predictions.csv (the fold's
+                     predictions of its validation rows, written when the fold is done)
     fold<k>.lock     while a process trains fold k (pipeline/lock.py)
     oof.csv, roc.png, submission.csv
 
@@ -43,7 +44,15 @@ RUN_ONLY_KEYS = {"name", "output_dir", "train.folds", "train.num_workers", "trai
 # deletes nothing else. Hidden ".<name>.tmp<pid>" files are atomic writes in progress or left by a kill.
 OWNED_FILES = re.compile(r"(config\.yaml|env\.json|features\.json|data\.csv|folds\.csv|oof\.csv|roc\.png|"
                          r"submission\.csv|.*\.lock|.*\.lock\.stale\..*|\..*\.tmp\d*)")
-OWNED_IN_FOLD = re.compile(r"(best\.pt|last\.pt|last\.prev\.pt|.*\.corrupt|log\.csv|oof\.csv|\..*\.tmp\d*)")
+OWNED_IN_FOLD = re.compile(r"(best\.pt|last\.pt|last\.prev\.pt|.*\.corrupt|log\.csv|val_predictions\.csv|oof\.csv|"
+                           r"\..*\.tmp\d*)")
+
+
+def fold_predictions(fold_dir: Path) -> Path:
+    """A finished fold's predictions of its validation rows (``oof.csv`` in folders of earlier
+    versions): the experiment's oof.csv is assembled from these."""
+    legacy = fold_dir / "oof.csv"
+    return legacy if legacy.exists() else fold_dir / "val_predictions.csv"
 
 
 def _result_keys(d: dict, prefix: str = "") -> dict:
@@ -231,7 +240,8 @@ def collect_oof(exp: Path, id_cols: tuple = (), record: pd.DataFrame | None = No
     """Every finished fold's OOF rows, each id at most once and, when ``record`` (the experiment's
     training record) is given, in the fold that its fold table says. Id and group columns stay text
     (ids such as 00012 keep their zeros)."""
-    parts = [pd.read_csv(p, dtype={c: "string" for c in id_cols if c}) for p in sorted(exp.glob("fold*/oof.csv"))]
+    paths = [fold_predictions(d) for d in sorted(exp.glob("fold*")) if d.is_dir()]
+    parts = [pd.read_csv(p, dtype={c: "string" for c in id_cols if c}) for p in paths if p.exists()]
     if not parts:
         return pd.DataFrame()
     oof = pd.concat(parts, ignore_index=True)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
 # tab10: an experiment keeps its colour in every picture
@@ -106,6 +107,7 @@ def learning_figure(logs: dict) -> Figure:
                     drawn = True
         if drawn:
             ax.set(xlabel="epoch", ylabel=label, title=f"{label} by epoch (a line per fold)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         else:
             _note(ax, f"no {col} in any fold<k>/log.csv")

@@ -381,7 +381,7 @@ def finish_fold(cfg: C.Config, data: TrainData, f: Fold, dist: D.Dist) -> pd.Dat
     oof = data.df.iloc[f.val_idx][keep].rename(columns={d.target_col: "target"})
     oof["pred"] = pred
     if dist.main:
-        write_csv(f.dir / "oof.csv", oof)
+        write_csv(f.dir / "val_predictions.csv", oof)
         for p in f.dir.glob("last*.pt*"):  # last.pt, last.prev.pt and any set-aside .corrupt file
             p.unlink()
         remove_stale_temps(f.dir)
@@ -530,6 +530,8 @@ def train(cfg: C.Config, folds: list[int] | None = None, force: bool = False,
     folds = resolve_folds(cfg, folds)
     check_backbone(cfg)
     t = cfg.train
+    if t.sync_bn and dist.world > 1 and dist.device.type != "cuda":
+        raise C.ConfigError("train.sync_bn=true needs CUDA: torch's SyncBatchNorm does not run on the CPU")
     if t.batch_size % (dist.world * t.accumulate):
         raise C.ConfigError(f"train.batch_size={t.batch_size} (the global batch) must divide into {dist.world} "
                             f"process(es) x {t.accumulate} accumulation step(s)")
@@ -560,9 +562,9 @@ def train(cfg: C.Config, folds: list[int] | None = None, force: bool = False,
     try:
         with stop.installed():
             for fold, lock in itertools.zip_longest(folds, locks):
-                done = dist.broadcast((exp / f"fold{fold}" / "oof.csv").exists())
-                if done:
-                    print(f"fold {fold}: done already ({exp / f'fold{fold}' / 'oof.csv'}); --force retrains it")
+                done = E.fold_predictions(exp / f"fold{fold}")
+                if dist.broadcast(done.exists()):
+                    print(f"fold {fold}: done already ({done}); --force retrains it")
                 else:
                     run_fold(cfg, data, fold, stop, dist)
                 if dist.main:

@@ -65,7 +65,7 @@ def fails_before_training(cfg: C.Config, *parts: str) -> str:
     (exp / "fold0").mkdir(parents=True)
     (exp / "config.yaml").write_text(C.to_yaml(cfg))
     (exp / "oof.csv").write_text(SENTINEL)
-    (exp / "fold0" / "oof.csv").write_text(SENTINEL)
+    (exp / "fold0" / "val_predictions.csv").write_text(SENTINEL)
     before = snapshot(exp)
     with pytest.raises(DataError) as info:
         trainer.train(cfg)
@@ -319,7 +319,7 @@ def cli(tiny_data, tmp_path_factory):
     (run.exp / "fold0").mkdir(parents=True)
     (run.exp / "config.yaml").write_text(C.to_yaml(C.load_config(None, args + ["model.image_size=48"])))
     (run.exp / "oof.csv").write_text(SENTINEL)
-    (run.exp / "fold0" / "oof.csv").write_text(SENTINEL)
+    (run.exp / "fold0" / "val_predictions.csv").write_text(SENTINEL)
     run.before = snapshot(run.exp)
     run.refused = run_cli(TRAIN, *args, cwd=work, check=False)
     run.after_refusal = snapshot(run.exp)

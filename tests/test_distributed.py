@@ -137,3 +137,12 @@ def test_accumulation_counts_optimizer_steps_not_micro_batches(tiny_cfg):
     assert steps[1] == steps[2] == int((data.df["fold"] != 0).sum()) // 16
     with pytest.raises(C.ConfigError, match="train.accumulate"):
         tiny_cfg(**{"train.accumulate": 3})
+
+
+def test_sync_bn_on_the_cpu_is_a_config_error_before_anything_is_written(tiny_data, tmp_path):
+    args = tiny_overrides(tiny_data, tmp_path, **{"train.sync_bn": True})
+    proc = torchrun(TRAIN, *args, cwd=tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert err.count("error: train.sync_bn=true needs CUDA") == 1  # rank 0 alone says it
+    assert not (tmp_path / "oof").exists()

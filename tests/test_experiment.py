@@ -143,7 +143,7 @@ def test_force_on_changed_data_deletes_the_experiment_and_trains_again(copy, cap
     T.train(cfg, force=True)
     err = capsys.readouterr().err
     assert f"--force: deleting {exp / 'config.yaml'}, {exp / 'data.csv'}" in err and says in err
-    assert not (exp / "fold1").exists() and (exp / "fold0" / "oof.csv").exists()
+    assert not (exp / "fold1").exists() and (exp / "fold0" / "val_predictions.csv").exists()
     assert E.read_record(exp / "data.csv").set_index("image_name")["age_approx"].str.startswith("7").any()
 
 
@@ -170,12 +170,12 @@ def test_oof_assembly_refuses_an_id_in_two_folds_or_outside_its_fold(trained, tm
     shutil.copytree(trained.cfg.exp_dir, exp)
     record = E.read_record(exp / "data.csv")
     assert len(E.collect_oof(exp, ("image_name",), record)) == len(record)
-    f0, f1 = (pd.read_csv(exp / f"fold{k}" / "oof.csv", dtype={"image_name": "string"}) for k in (0, 1))
+    f0, f1 = (pd.read_csv(exp / f"fold{k}" / "val_predictions.csv", dtype={"image_name": "string"}) for k in (0, 1))
     stray = f0.iloc[:1].assign(fold=1)
-    pd.concat([f1, stray]).to_csv(exp / "fold1" / "oof.csv", index=False)
+    pd.concat([f1, stray]).to_csv(exp / "fold1" / "val_predictions.csv", index=False)
     with pytest.raises(ExperimentError, match=f"ids predicted by more than one fold: {stray['image_name'][0]}"):
         E.collect_oof(exp, ("image_name",), record)
-    f0.iloc[1:].to_csv(exp / "fold0" / "oof.csv", index=False)
+    f0.iloc[1:].to_csv(exp / "fold0" / "val_predictions.csv", index=False)
     with pytest.raises(ExperimentError, match=f"outside their fold in folds.csv: {stray['image_name'][0]}"):
         E.collect_oof(exp, ("image_name",), record)
 

@@ -32,7 +32,7 @@ from pipeline.cv import report
 from pipeline.features import MISSING
 from pipeline.folds import assign_folds
 from pipeline.model import ImageMetaNet
-from pipeline.predict import make_submission
+from pipeline.infer import make_submission
 from pipeline.sample import generate_sample
 from pipeline.tables import load_test
 

@@ -77,7 +77,7 @@ def scenario(tiny_data, tmp_path_factory):
     first.proc.send_signal(signal.SIGINT)
     res["sigint_rc"], res["sigint_text"] = first.finish(), first.text()
     res["after_sigint"] = load_checkpoint(exp / "fold0" / "last.pt")["state"]
-    res["fold0_done_after_sigint"] = (exp / "fold0" / "oof.csv").exists()
+    res["fold0_done_after_sigint"] = (exp / "fold0" / "val_predictions.csv").exists()
 
     second = Run(args + ["name=res"], work / "second")
     f1 = exp / "fold1"
@@ -85,8 +85,8 @@ def scenario(tiny_data, tmp_path_factory):
     second.wait_until(lambda: (f1 / "last.prev.pt").exists(), "fold 1 epoch 2")
     second.proc.send_signal(signal.SIGKILL)
     res["kill_rc"] = second.finish()
-    res["fold1_done_after_kill"] = (f1 / "oof.csv").exists()
-    res["fold0_oof_mtime"] = (exp / "fold0" / "oof.csv").stat().st_mtime_ns
+    res["fold1_done_after_kill"] = (f1 / "val_predictions.csv").exists()
+    res["fold0_oof_mtime"] = (exp / "fold0" / "val_predictions.csv").stat().st_mtime_ns
     if (f1 / "last.pt").exists():  # tear the newest checkpoint, as a crash of the disk would
         data = (f1 / "last.pt").read_bytes()
         (f1 / "last.pt").write_bytes(data[: len(data) // 2])
@@ -114,7 +114,7 @@ def test_kill9_then_resume_gives_the_uninterrupted_oof(scenario):
     assert scenario["third_rc"] == 0, scenario["third_text"]
     out = scenario["third_text"]
     assert "fold 0: done already" in out  # finished folds are skipped...
-    assert (scenario["exp"] / "fold0" / "oof.csv").stat().st_mtime_ns == scenario["fold0_oof_mtime"]
+    assert (scenario["exp"] / "fold0" / "val_predictions.csv").stat().st_mtime_ns == scenario["fold0_oof_mtime"]
     assert "last.prev.pt after epoch 1" in out, out  # ...and the torn last.pt falls back to the previous
     ref, got = read_oof(scenario["ref_exp"]), read_oof(scenario["exp"])
     assert len(ref) == len(got) > 0 and list(ref["image_name"]) == list(got["image_name"])
@@ -220,12 +220,12 @@ def test_force_retrains_and_a_forced_new_config_leaves_nothing_of_the_old(tiny_c
     cfg = tiny_cfg(**{"folds.n_folds": 2, "train.epochs": 1})
     T.train(cfg, folds=[0, 1])
     exp = cfg.exp_dir
-    before = (exp / "fold0" / "oof.csv").stat().st_mtime_ns
+    before = (exp / "fold0" / "val_predictions.csv").stat().st_mtime_ns
     T.train(cfg, folds=[0])
-    assert (exp / "fold0" / "oof.csv").stat().st_mtime_ns == before  # done: skipped
+    assert (exp / "fold0" / "val_predictions.csv").stat().st_mtime_ns == before  # done: skipped
     T.train(cfg, folds=[0], force=True)
-    assert (exp / "fold0" / "oof.csv").stat().st_mtime_ns != before  # --force: trained again
-    assert (exp / "fold1" / "oof.csv").exists()  # same config: the other fold stays
+    assert (exp / "fold0" / "val_predictions.csv").stat().st_mtime_ns != before  # --force: trained again
+    assert (exp / "fold1" / "val_predictions.csv").exists()  # same config: the other fold stays
 
     changed = tiny_cfg(**{"folds.n_folds": 2, "train.epochs": 1, "train.lr": 0.002})
     with pytest.raises(ExperimentError, match="train.lr"):

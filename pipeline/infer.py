@@ -1,4 +1,5 @@
-"""Submission: every trained fold's best checkpoint, flip TTA, averaged, checked, written."""
+"""The inference stage behind infer.py: every trained fold's best checkpoint predicts the test set with
+flip TTA; the folds are averaged, checked and written as submission.csv."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from . import config as C
 from .data import ImageMetaDataset, build_cache, make_loader
 from .engine import make_runtime, place, predict
 from .errors import ExperimentError
+from .experiment import fold_predictions
 from .features import MetaTransform, check_numeric
 from .io import load_checkpoint, write_csv
 from .model import build_model
@@ -47,7 +49,7 @@ def make_submission(cfg: C.Config, allow_missing_folds: bool | None = None,
     exp = cfg.exp_dir
     trained = C.with_overrides(saved_config(exp), list(data_overrides))
     allow = cfg.infer.allow_missing_folds if allow_missing_folds is None else allow_missing_folds
-    folds = [k for k in range(trained.folds.n_folds) if (exp / f"fold{k}" / "oof.csv").exists()]
+    folds = [k for k in range(trained.folds.n_folds) if fold_predictions(exp / f"fold{k}").exists()]
     missing = sorted(set(range(trained.folds.n_folds)) - set(folds))
     if not folds:
         raise ExperimentError(f"{exp}: no finished fold to predict with (run train.py first)")
