@@ -11,7 +11,8 @@ from . import config as C
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, epilog=C.help_text(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML experiment file (default: the code defaults, i.e. the bundled sample)")
+    p.add_argument("--config", action="append", help="YAML experiment file; repeat it to combine files, later "
+                   "ones overriding earlier ones (default: the code defaults, i.e. the bundled sample)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     return p
 

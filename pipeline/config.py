@@ -1,6 +1,7 @@
 """Experiment configuration: typed dataclass groups, YAML files, dotted overrides.
 
-Precedence: defaults in code < YAML file (``--config``) < ``section.key=value`` overrides.
+Precedence: defaults in code < YAML files (``--config``, repeatable: later files win) <
+``section.key=value`` overrides.
 Unknown keys and values of the wrong type are errors, never silently ignored.
 
     cfg = load_config("configs/sample.yaml", ["train.epochs=3", "model.backbone=efficientnet_b0"])
@@ -261,19 +262,29 @@ def from_dict(values: dict) -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return values
+
+
+def load_config(paths: str | Path | list | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then each YAML file in turn (a later file overrides an earlier one key by key,
+    e.g. a data layout then a training recipe), then the overrides; ranges checked at the end."""
+    cfg = Config()
+    for path in [] if paths is None else [paths] if isinstance(paths, (str, Path)) else paths:
         try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return with_overrides(from_dict(values), overrides or [])
+            _update(cfg, read_yaml(path))
+        except ConfigError as e:
+            raise ConfigError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+    return with_overrides(cfg, overrides or [])
 
 
 def with_overrides(cfg: Config, overrides: list[str]) -> Config:

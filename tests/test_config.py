@@ -74,3 +74,21 @@ def test_help_lists_every_key_with_its_default(tmp_path):
         assert key in lines, f"--help does not list {key}"
         assert repr(default) in lines[key], lines[key]
     assert "8" in lines["train.epochs"] and "tf_efficientnet_lite0" in lines["model.backbone"]
+
+
+def test_several_config_files_combine_later_ones_winning(tmp_path):
+    layout, recipe = tmp_path / "layout.yaml", tmp_path / "recipe.yaml"
+    layout.write_text("name: layout\ndata:\n  root: somewhere\nmodel:\n  image_size: 64\ntrain:\n  epochs: 4\n")
+    recipe.write_text("model:\n  image_size: 128\ntrain:\n  lr: 2.0e-4\n")
+    cfg = load_config([layout, recipe], ["train.epochs=6"])
+    assert (cfg.name, cfg.data.root, cfg.model.image_size, cfg.train.lr, cfg.train.epochs) == \
+        ("layout", "somewhere", 128, 2e-4, 6)  # each file adds its keys; the later file wins a shared one
+    assert load_config([recipe, layout]).model.image_size == 64
+    recipe.write_text("train:\n  lr_typo: 1\n")
+    with pytest.raises(ConfigError, match=f"{recipe}: unknown config key 'train.lr_typo'"):
+        load_config([layout, recipe])
+    # the command line takes --config more than once
+    recipe.write_text("folds:\n  n_folds: 3\n")
+    proc = run_cli(str(ROOT / "train.py"), "--config", str(layout), "--config", str(recipe), "--folds", "4",
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "error: fold(s) [4] out of range 0..2" in proc.stderr, proc.stderr
