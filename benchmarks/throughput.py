@@ -60,7 +60,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline import distributed as D  # noqa: E402
 from pipeline import trainer as T  # noqa: E402
 from pipeline.data import build_cache  # noqa: E402
 from pipeline.engine import forward, one_thread, predict, to_input, tta_views  # noqa: E402
@@ -230,11 +229,9 @@ def main(argv=None):
         start = time.perf_counter()
         build_cache(paths, size, tmp / "cache", desc="bench")
         cold_cache_s = time.perf_counter() - start
-        images = build_cache(paths, size, tmp / "cache", desc="bench")  # warm: memory-mapped
-        images = images.images
+        images = build_cache(paths, size, tmp / "cache", desc="bench").images  # warm: memory-mapped
         meta = rng.standard_normal((len(paths), N_META)).astype(np.float32)
         y = (rng.random(len(paths)) < 0.2).astype(np.float32)
-        train_rows, val_rows = np.arange(n_train), np.arange(n_train, n_train + n_val)
 
         # The pipeline: one fold built and trained by the trainer's own steps (trainer.build_fold,
         # trainer.run_epoch: what train.py runs), on a table whose fold 0 is the validation set.
@@ -243,7 +240,6 @@ def main(argv=None):
         fold = T.build_fold(cfg, T.TrainData(df, images, meta, None, []), 0)
         model, optimizer, rt, train_loader, val_loader = (fold.model, fold.optimizer, fold.rt, fold.train_loader,
                                                           fold.val_loader)
-        y_val = y[val_rows]
         # Raw twins, one per memory format, copied before any training so all start alike. They run in the
         # pipeline's precision (autocast) and take already-normalised float inputs of the same shape.
         raw = {}
@@ -308,7 +304,7 @@ def main(argv=None):
         for epoch in range(args.epochs):
             timed = epoch > 0  # the first epoch is a warm-up for both
             loader = fold.train_loader = Interleaved(train_loader, train_between)
-            row = T.run_epoch(cfg, fold, epoch, y_val, lambda: False, D.SINGLE)  # train.py's epoch, as it is
+            row = T.run_epoch(cfg, fold, epoch, lambda: False)  # train.py's epoch, as it is
             train_s, val_s = row["train_s"] - loader.between_s, row["val_s"]
             if timed:
                 pipe_train.add(n_train, train_s, loader.steps)
@@ -322,7 +318,7 @@ def main(argv=None):
         fold.train_loader = train_loader
         # One more epoch alone, nothing in between: the figure train.py's log.csv shows (images / train_s),
         # to check the interleaved measurement against.
-        row = T.run_epoch(cfg, fold, args.epochs, y_val, lambda: False, D.SINGLE)
+        row = T.run_epoch(cfg, fold, args.epochs, lambda: False)
         alone = n_train / row["train_s"]
         print(f"epoch {args.epochs + 1} alone, as log.csv times it: {alone:.1f} img/s", flush=True)
 

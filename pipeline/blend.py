@@ -36,10 +36,10 @@ from scipy.optimize import minimize
 from scipy.stats import rankdata
 
 from .config import plain_name
-from .cv import COLUMNS, fold_report, read_oof
+from .cv import aligned, fold_ranks, fold_report, read_experiment
 from .cli import guarded
 from .errors import ConfigError, DataError, ExperimentError
-from .tables import few
+from .tables import few, parse_csv_as_text
 
 METHODS = ("mean", "rank", "fit")
 GRID_STEPS = 20  # weights on a 0.05 grid: exhaustive for 2-3 members (21 or 231 candidates)
@@ -83,59 +83,22 @@ def check_output(out: Path, members: list[Path]) -> None:
                                   f"use another --name or --output-dir")
 
 
-def read_member(member: Path) -> pd.DataFrame:
-    path = member / "oof.csv"
-    oof = read_oof(path)
-    if oof.columns[0] in COLUMNS:
-        raise DataError(f"{path}: the first column must be the row id (has: {', '.join(oof.columns)})")
-    return oof
-
-
-def check_same_rows(a: pd.DataFrame, b: pd.DataFrame, a_dir: Path, b_dir: Path) -> None:
-    """Blending rows of different folds or targets would score nothing meaningful: refuse."""
-    ia, ib = pd.Index(a.iloc[:, 0]), pd.Index(b.iloc[:, 0])
-    only_a, only_b = ia.difference(ib, sort=False), ib.difference(ia, sort=False)
-    if len(only_a) or len(only_b):
-        sides = [f"only in {d}: {few(ids)}" for ids, d in [(only_a, a_dir), (only_b, b_dir)] if len(ids)]
-        raise DataError(f"{a_dir} and {b_dir} cover different rows: {'; '.join(sides)}")
-    b = b.set_index(b.columns[0]).loc[ia]
-    for col, what in [("fold", "put rows in different folds"), ("target", "have different targets")]:
-        x, y = a[col].to_numpy(), b[col].to_numpy()
-        diff = np.flatnonzero(x != y)
-        if len(diff):
-            raise DataError(f"{a_dir} and {b_dir} {what}: "
-                            f"{few([f'{ia[i]} ({x[i]} vs {y[i]})' for i in diff], 3)}")
-
-
 def align(oofs: list[pd.DataFrame], members: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The rows (id, group columns, fold, target, in the first member's order) and one column of
-    predictions per member, both indexed by id."""
-    for oof, member in zip(oofs[1:], members[1:]):
-        check_same_rows(oofs[0], oof, members[0], member)
-    id_col = oofs[0].columns[0]
-    group = [c for c in oofs[0].columns[1:] if c not in COLUMNS and all(c in o.columns for o in oofs[1:])]
-    base = oofs[0].set_index(id_col)[group + ["fold", "target"]]
-    preds = pd.DataFrame({str(m): o.set_index(o.columns[0])["pred"].loc[base.index].to_numpy()
-                          for o, m in zip(oofs, members)}, index=base.index)
+    """The rows (group column, fold, target, in the first member's order) and one column of
+    predictions per member, both indexed by id; members on other rows, folds, targets or groups are
+    refused (cv.aligned, as for a comparison)."""
+    frame = aligned(oofs, members)
+    group = frame.attrs["group_col"]
+    base = pd.DataFrame({**({group: frame["group"].to_numpy()} if group else {}),
+                         "fold": frame["fold"].to_numpy(), "target": frame["target"].to_numpy()},
+                        index=pd.Index(frame["id"].to_numpy(), name=oofs[0].columns[0]))
+    preds = pd.DataFrame({str(m): frame[f"pred:{k}"].to_numpy() for k, m in enumerate(members)}, index=base.index)
     return base, preds
 
 
-def rank01(x) -> np.ndarray:
-    """Ranks scaled to [0, 1] (ties share their mean rank): only the order of a model's scores is
-    comparable between models, and between folds of one model."""
-    x = np.asarray(x, dtype=np.float64)
-    if len(x) < 2:
-        return np.full(len(x), 0.5)
-    return (rankdata(x) - 1) / (len(x) - 1)
-
-
-def fold_ranks(preds: pd.DataFrame, fold: pd.Series) -> pd.DataFrame:
+def fold_ranks_of(preds: pd.DataFrame, fold: pd.Series) -> pd.DataFrame:
     """Each member's predictions ranked within each fold: each fold is scored by a different model."""
-    out = preds.copy()
-    for k in fold.unique():
-        rows = (fold == k).to_numpy()
-        out.loc[rows] = np.column_stack([rank01(c) for c in preds[rows].to_numpy().T])
-    return out
+    return preds.apply(lambda c: fold_ranks(c.to_numpy(), fold.to_numpy()))
 
 
 def auc(target: np.ndarray, score: np.ndarray) -> float:
@@ -189,7 +152,7 @@ def blend_oof(preds: pd.DataFrame, fold: pd.Series, target: pd.Series,
     equal = np.full(m, 1.0 / m)
     if method == "mean":
         return preds @ equal, equal, {}
-    ranks = fold_ranks(preds, fold)
+    ranks = fold_ranks_of(preds, fold)
     if method == "rank":
         return ranks @ equal, equal, {}
     folds = sorted(fold.unique())
@@ -208,12 +171,7 @@ def blend_oof(preds: pd.DataFrame, fold: pd.Series, target: pd.Series,
 
 def read_submission(path: Path) -> pd.DataFrame:
     """id (text, as written) and one finite prediction column."""
-    try:
-        sub = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""])
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: the file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    sub = parse_csv_as_text(path)
     if sub.shape[1] != 2:
         raise DataError(f"{path}: expected 2 columns, the id then the prediction (has: {', '.join(sub.columns)})")
     if sub.empty:
@@ -263,7 +221,7 @@ def blend_submission(subs: list[pd.DataFrame], method: str, weights: np.ndarray)
     names and id order."""
     test = np.column_stack([s.iloc[:, 1].to_numpy(np.float64) for s in subs])
     if method != "mean":
-        test = np.column_stack([rank01(c) for c in test.T])
+        test = np.column_stack([fold_ranks(c) for c in test.T])
     id_col, col = subs[0].columns
     return pd.DataFrame({id_col: subs[0][id_col], col: test @ weights})
 
@@ -294,10 +252,8 @@ def blend(members: list[str | Path], name: str, method: str = "rank", output_dir
     check_members(members)
     out = Path(output_dir if output_dir is not None else default_output_dir(members[0])) / name
     check_output(out, members)
-    oofs = [read_member(m) for m in members]
+    oofs = [read_experiment(m) for m in members]  # both classes; align checks the ids
     base, preds = align(oofs, members)
-    if base["target"].nunique() < 2:
-        raise DataError(f"{members[0] / 'oof.csv'}: column 'target' has a single class; AUC needs both")
     subs, why_not = read_submissions(members)  # before writing: a bad submission must leave nothing half-done
     pred, weights, per_fold = blend_oof(preds, base["fold"], base["target"], method)
     oof = base.assign(pred=pred.to_numpy()).reset_index()  # id, group, fold, target, pred: a member's layout

@@ -55,7 +55,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from .cli import guarded
 from .errors import ConfigError, DataError
-from .tables import few
+from .tables import few, parse_csv, parse_csv_as_text
 
 COLUMNS = ["fold", "target", "pred"]
 
@@ -67,13 +67,7 @@ def read_oof(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no OOF predictions yet (train some folds first)")
-    try:
-        # as written: ids keep their leading zeros, a bad cell is shown as it is ('nan'), only '' is blank
-        oof = pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""])
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: the file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    oof = parse_csv_as_text(path)  # a bad cell is shown as it is ('nan')
     missing = [c for c in COLUMNS if c not in oof.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(oof.columns)})")
@@ -101,8 +95,8 @@ def read_oof(path: str | Path) -> pd.DataFrame:
 def fold_report(oof: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for fold, g in oof.groupby("fold"):
-        auc = roc_auc_score(g["target"], g["pred"]) if g["target"].nunique() == 2 else float("nan")
-        rows.append({"fold": int(fold), "rows": len(g), "positives": int(g["target"].sum()), "auc": auc})
+        rows.append({"fold": int(fold), "rows": len(g), "positives": int(g["target"].sum()),
+                     "auc": safe_auc(g["target"], g["pred"])})
     return pd.DataFrame(rows)
 
 
@@ -250,9 +244,11 @@ def percentile_interval(values: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def fold_ranks(pred: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    """Each prediction's rank within its fold scaled to [0, 1] (ties share their mean rank)."""
-    s = pd.Series(pred)
+def fold_ranks(pred: np.ndarray, fold: np.ndarray | None = None) -> np.ndarray:
+    """Each prediction's rank within its fold (all one fold when ``fold`` is None) scaled to [0, 1],
+    ties sharing their mean rank: only the order of a model's scores compares between models."""
+    s = pd.Series(np.asarray(pred, dtype=np.float64))
+    fold = np.zeros(len(s)) if fold is None else fold
     rank = s.groupby(fold).rank(method="average").to_numpy()
     n = s.groupby(fold).transform("size").to_numpy()
     return np.where(n > 1, (rank - 1) / np.maximum(n - 1, 1), 0.5)
@@ -319,13 +315,9 @@ def aligned(oofs: list[pd.DataFrame], dirs: list[Path]) -> pd.DataFrame:
 
 def read_log(path: Path) -> pd.DataFrame:
     """A fold's log.csv, by column name (columns may be added later); numbers as floats."""
-    try:
-        log = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
+    if path.stat().st_size == 0:
         return pd.DataFrame()
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
-    return log.apply(pd.to_numeric, errors="coerce")
+    return parse_csv(path).apply(pd.to_numeric, errors="coerce")
 
 
 def read_logs(exp_dir: Path, folds) -> pd.DataFrame:
@@ -381,7 +373,7 @@ def compare_table(frame: pd.DataFrame, names: list[str], dirs: list[Path], logs:
     return pd.DataFrame(rows)
 
 
-def fold_table(frame: pd.DataFrame, names: list[str], n_boot: int, seed: int) -> pd.DataFrame:
+def fold_auc_table(frame: pd.DataFrame, names: list[str], n_boot: int, seed: int) -> pd.DataFrame:
     """Long table: experiment, fold, rows, positives, AUC and its 95% interval from a bootstrap of
     the groups within the fold (the same draws for every experiment)."""
     grouped = frame.attrs.get("group_col")
@@ -512,7 +504,7 @@ def compare(exp_dirs: list, baseline: str | None = None, plot: bool = True, n_bo
     logs = [read_logs(d, frame["fold"].unique()) for d in dirs]
     has_logs = [any((d / f"fold{int(f)}" / "log.csv").is_file() for f in frame["fold"].unique()) for d in dirs]
     table = compare_table(frame, names, dirs, logs, has_logs, n_boot, seed, base)
-    folds = fold_table(frame, names, n_boot, seed)
+    folds = fold_auc_table(frame, names, n_boot, seed)
     corr, rank_corr = correlations(frame, names)
     out = Path(out) if out is not None else default_out(dirs, names)
     leaks = groups_across_folds(frame)

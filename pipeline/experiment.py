@@ -33,7 +33,7 @@ from . import config as C
 from .errors import ExperimentError
 from .io import write_csv, write_json, write_text
 from .lock import Lock
-from .tables import few
+from .tables import few, parse_csv_as_text
 
 # Keys that change where or how a run is executed, not its results: they may differ on resume.
 # Where the data and the fold table lie does not matter either: their content is compared (data.csv).
@@ -65,16 +65,27 @@ def _result_keys(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def foreign_in_fold(fold_dir: Path) -> list[str]:
+    return [q.name for q in sorted(fold_dir.iterdir()) if q.is_dir() or not OWNED_IN_FOLD.fullmatch(q.name)]
+
+
 def foreign_entries(exp: Path) -> list[str]:
     """What in ``exp`` this pipeline did not write (relative paths)."""
     out = []
     for p in sorted(exp.iterdir()):
         if p.is_dir() and re.fullmatch(r"fold\d+", p.name):
-            out += [f"{p.name}/{q.name}" for q in sorted(p.iterdir())
-                    if q.is_dir() or not OWNED_IN_FOLD.fullmatch(q.name)]
+            out += [f"{p.name}/{name}" for name in foreign_in_fold(p)]
         elif p.is_dir() or not OWNED_FILES.fullmatch(p.name):
             out.append(p.name + ("/" if p.is_dir() else ""))
     return out
+
+
+def saved_config(path: Path) -> C.Config:
+    """An experiment's config.yaml (safe_load: a crafted file cannot build Python objects)."""
+    try:
+        return C.from_dict(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError) as e:
+        raise ExperimentError(f"{path}: cannot read the saved config ({str(e).splitlines()[0]})") from None
 
 
 def check_config(cfg: C.Config, force: bool) -> list[str]:
@@ -91,13 +102,12 @@ def check_config(cfg: C.Config, force: bool) -> list[str]:
             raise ExperimentError(f"{exp}: not an experiment of this pipeline (no config.yaml; it holds "
                                   f"{few(foreign)}); use another name (name=...) or output_dir")
         return []
-    try:  # safe_load: a crafted config.yaml cannot build Python objects
-        saved = _result_keys(C.to_dict(C.from_dict(yaml.safe_load(saved_path.read_text()))))
-    except (yaml.YAMLError, ValueError, TypeError, AttributeError) as e:
+    try:
+        saved = _result_keys(C.to_dict(saved_config(saved_path)))
+    except ExperimentError as e:
         if force:
             return ["config.yaml (unreadable)"]
-        raise ExperimentError(f"{saved_path}: cannot read the saved config ({str(e).splitlines()[0]}); use a new "
-                              f"name (name=...) or --force to start this experiment again") from None
+        raise ExperimentError(f"{e}; use a new name (name=...) or --force to start this experiment again") from None
     now = _result_keys(C.to_dict(cfg))
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if diff and not force:
@@ -120,14 +130,6 @@ def training_record(df: pd.DataFrame, cfg: C.Config, digests: list[str]) -> pd.D
     return rec.reset_index(drop=True)
 
 
-def _examples(ids, old=None, new=None, n: int = 3) -> str:
-    ids = list(ids)
-    if old is None:
-        return few(ids, n)
-    shown = [f"{i} ({o} -> {v})" for i, o, v in zip(ids[:n], old[:n], new[:n])]
-    return ", ".join(shown) + (f", ... ({len(ids)} in all)" if len(ids) > n else f" ({len(ids)} in all)")
-
-
 def record_changes(saved: pd.DataFrame, now: pd.DataFrame) -> list[str]:
     """What differs between two training records, in words: rows added or removed, columns whose
     values changed (with examples), images whose files changed, folds reassigned."""
@@ -138,9 +140,9 @@ def record_changes(saved: pd.DataFrame, now: pd.DataFrame) -> list[str]:
     out = []
     gone, new = a.index.difference(b.index, sort=False), b.index.difference(a.index, sort=False)
     if len(new):
-        out.append(f"{len(new)} training row(s) added: {_examples(new)}")
+        out.append(f"{len(new)} training row(s) added: {few(new, 3)}")
     if len(gone):
-        out.append(f"{len(gone)} training row(s) removed: {_examples(gone)}")
+        out.append(f"{len(gone)} training row(s) removed: {few(gone, 3)}")
     common = a.index.intersection(b.index, sort=False)
     a, b = a.loc[common], b.loc[common]
     for col in a.columns:
@@ -148,19 +150,18 @@ def record_changes(saved: pd.DataFrame, now: pd.DataFrame) -> list[str]:
         changed = x.index[(x != y).to_numpy()]
         if not len(changed):
             continue
+        shown = few([f"{i} ({x[i]} -> {y[i]})" for i in changed[:3]] + list(changed[3:]), 3)
         if col == "image_sha":
-            out.append(f"{len(changed)} image file(s) changed: {_examples(changed)}")
+            out.append(f"{len(changed)} image file(s) changed: {few(changed, 3)}")
         elif col == "fold":
-            out.append(f"the fold of {len(changed)} row(s) changed: "
-                       f"{_examples(changed, x[changed].tolist(), y[changed].tolist())}")
+            out.append(f"the fold of {len(changed)} row(s) changed: {shown}")
         else:
-            out.append(f"column '{col}' changed in {len(changed)} row(s): "
-                       f"{_examples(changed, x[changed].tolist(), y[changed].tolist())}")
+            out.append(f"column '{col}' changed in {len(changed)} row(s): {shown}")
     return out
 
 
 def read_record(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[""])
+    return parse_csv_as_text(path)
 
 
 def _same(a, b) -> bool:
@@ -227,12 +228,12 @@ def delete_fold(exp: Path, fold: int) -> None:
     d = exp / f"fold{fold}"
     if not d.is_dir():
         return
-    names = sorted(q.name for q in d.iterdir())
-    foreign = [n for n in names if (d / n).is_dir() or not OWNED_IN_FOLD.fullmatch(n)]
+    foreign = foreign_in_fold(d)
     if foreign:
         raise ExperimentError(f"--force: {d} holds files this pipeline did not write ({few(foreign)}); "
                               f"nothing was deleted: move them away")
-    print(f"--force: deleting {d}/ ({', '.join(names)}) to train fold {fold} again", file=sys.stderr)
+    print(f"--force: deleting {d}/ ({', '.join(sorted(q.name for q in d.iterdir()))}) to train fold {fold} again",
+          file=sys.stderr)
     shutil.rmtree(d)
 
 

@@ -8,27 +8,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from . import config as C
 from .data import ImageMetaDataset, build_cache, make_loader
 from .engine import make_runtime, place, predict
 from .errors import ExperimentError
-from .experiment import fold_predictions
+from .experiment import fold_predictions, saved_config
 from .features import MetaTransform, check_numeric
 from .io import load_checkpoint, write_csv
 from .model import build_model
 from .tables import DataError, data_path, few, load_test
 
 
-def saved_config(exp_dir: Path) -> C.Config:
+def trained_config(exp_dir: Path) -> C.Config:
     path = exp_dir / "config.yaml"
     if not path.is_file():
         raise ExperimentError(f"{path}: no trained experiment here (run train.py first)")
-    try:
-        return C.from_dict(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, ValueError, TypeError, AttributeError) as e:
-        raise ExperimentError(f"{path}: cannot read the saved config ({str(e).splitlines()[0]})") from None
+    return saved_config(path)
 
 
 def check_submission(sub: pd.DataFrame, expected_ids: pd.Series, id_col: str, pred_col: str = "target") -> None:
@@ -47,7 +43,7 @@ def make_submission(cfg: C.Config, allow_missing_folds: bool | None = None,
     The model and features are the trained experiment's; ``data_overrides`` (``data.key=value``)
     say where its test set lies now, e.g. trained here and predicted on Kaggle."""
     exp = cfg.exp_dir
-    trained = C.with_overrides(saved_config(exp), list(data_overrides))
+    trained = C.with_overrides(trained_config(exp), list(data_overrides))
     allow = cfg.infer.allow_missing_folds if allow_missing_folds is None else allow_missing_folds
     folds = [k for k in range(trained.folds.n_folds) if fold_predictions(exp / f"fold{k}").exists()]
     missing = sorted(set(range(trained.folds.n_folds)) - set(folds))
@@ -86,4 +82,4 @@ def make_submission(cfg: C.Config, allow_missing_folds: bool | None = None,
     return path
 
 
-__all__ = ["make_submission", "check_submission", "saved_config", "DataError"]
+__all__ = ["make_submission", "check_submission", "trained_config", "DataError"]

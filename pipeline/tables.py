@@ -22,15 +22,25 @@ def data_path(cfg, name: str) -> Path:
     return Path(cfg.data.root) / name
 
 
-def read_csv(path: Path, id_col: str, required: list[str]) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+def parse_csv(path: Path, **read_csv_args) -> pd.DataFrame:
+    """``pd.read_csv``, with an empty or unreadable file as a one-line DataError naming it."""
     try:
-        df = pd.read_csv(path, dtype={id_col: "string"})
+        return pd.read_csv(path, **read_csv_args)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+
+
+def parse_csv_as_text(path: Path) -> pd.DataFrame:
+    """Every cell as written (ids keep their leading zeros, 'nan' stays a word); only '' is missing."""
+    return parse_csv(path, dtype="string", keep_default_na=False, na_values=[""])
+
+
+def read_csv(path: Path, id_col: str, required: list[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    df = parse_csv(path, dtype={id_col: "string"})
     missing = [c for c in dict.fromkeys([id_col] + required) if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(df.columns)})")

@@ -226,6 +226,7 @@ class Fold:
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader   # this rank's share of the validation rows
     val_idx: np.ndarray                        # all validation rows (data.df positions), in gathered order
+    y_val: np.ndarray                          # their targets
     optimizer: Lookahead
     scheduler: CosineLRScheduler
     scaler: torch.amp.GradScaler | None
@@ -274,7 +275,7 @@ def build_fold(cfg: C.Config, data: TrainData, k: int, dist: D.Dist = D.SINGLE) 
     scaler = torch.amp.GradScaler() if rt.amp_dtype == torch.float16 else None
     state = {"epoch": 0, "step": 0, "best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0}
     return Fold(k, cfg.exp_dir / f"fold{k}", model, net, rt, train_ds, train_loader, val_loader, val_idx,
-                optimizer, scheduler, scaler, state, ema)
+                y[val_idx], optimizer, scheduler, scaler, state, ema)
 
 
 def resume(f: Fold) -> None:
@@ -305,6 +306,10 @@ def predict_fold(f: Fold, tta: int, desc: str, dist: D.Dist) -> np.ndarray:
     return np.concatenate(dist.gather(predict(f.evaluated, f.val_loader, f.rt, tta=tta, desc=desc)))
 
 
+def save_best(f: Fold, epoch: int, auc: float) -> None:
+    save_checkpoint(f.dir / "best.pt", {"model": f.evaluated.state_dict(), "epoch": epoch, "auc": auc})
+
+
 def save_epoch(f: Fold, improved: bool, auc: float) -> None:
     """last.pt (rotating the previous one to last.prev.pt), then best.pt when the epoch improved."""
     last = f.dir / "last.pt"
@@ -317,7 +322,7 @@ def save_epoch(f: Fold, improved: bool, auc: float) -> None:
     # best.pt after last.pt: a resume from an epoch never finds a best.pt of a later epoch, and
     # a kill between the two is repaired on resume from last.pt's weights
     if improved:
-        save_checkpoint(f.dir / "best.pt", {"model": f.evaluated.state_dict(), "epoch": f.state["epoch"], "auc": auc})
+        save_best(f, f.state["epoch"], auc)
 
 
 def repair_best(f: Fold) -> None:
@@ -329,11 +334,10 @@ def repair_best(f: Fold) -> None:
     except CheckpointError:
         best_epoch = None
     if best_epoch != f.state["epoch"]:
-        save_checkpoint(f.dir / "best.pt", {"model": f.evaluated.state_dict(), "epoch": f.state["epoch"],
-                                            "auc": f.state["best_auc"]})
+        save_best(f, f.state["epoch"], f.state["best_auc"])
 
 
-def run_epoch(cfg: C.Config, f: Fold, epoch: int, y_val: np.ndarray, stop, dist: D.Dist) -> dict:
+def run_epoch(cfg: C.Config, f: Fold, epoch: int, stop, dist: D.Dist = D.SINGLE) -> dict:
     """Train one epoch, sync Lookahead's slow weights and validate them; returns the log row."""
     t = cfg.train
     seed = epoch_seed(t.seed, f.k, epoch)
@@ -354,7 +358,7 @@ def run_epoch(cfg: C.Config, f: Fold, epoch: int, y_val: np.ndarray, stop, dist:
         dist.average_buffers(f.ema.module)
     train_time = time.time() - start
     loss = float(np.mean(dist.gather(loss)))
-    auc = float(roc_auc_score(y_val, predict_fold(f, 1, f"fold {f.k} validate", dist)))
+    auc = float(roc_auc_score(f.y_val, predict_fold(f, 1, f"fold {f.k} validate", dist)))
     improved = auc > f.state["best_auc"]
     if improved:
         f.state.update(best_auc=auc, best_epoch=epoch + 1, bad_epochs=0)
@@ -401,7 +405,6 @@ def run_fold(cfg: C.Config, data: TrainData, fold: int, stop, dist: D.Dist = D.S
     resume(f)
     if dist.main:
         repair_best(f)
-    y_val = data.df[cfg.data.target_col].to_numpy()[f.val_idx]
     log_path = f.dir / "log.csv"
     log = pd.read_csv(log_path).iloc[:f.state["epoch"]] if log_path.exists() and f.state["epoch"] else pd.DataFrame()
     for epoch in range(f.state["epoch"], t.epochs):
@@ -409,7 +412,7 @@ def run_fold(cfg: C.Config, data: TrainData, fold: int, stop, dist: D.Dist = D.S
             break
         if dist.any(stop()):  # Ctrl-C during validation or saving: stop before starting another epoch
             raise Interrupted(f"in fold {fold} after epoch {epoch} (saved)")
-        row = run_epoch(cfg, f, epoch, y_val, stop, dist)
+        row = run_epoch(cfg, f, epoch, stop, dist)
         if dist.main:
             log = pd.concat([log, pd.DataFrame([row])], ignore_index=True)
             write_csv(log_path, log)
@@ -558,7 +561,7 @@ def train(cfg: C.Config, folds: list[int] | None = None, force: bool = False,
     print(f"global batch {t.batch_size} = {dist.world} process(es) x {t.accumulate} accumulation step(s) x "
           f"{t.batch_size // (dist.world * t.accumulate)} rows; lr {t.lr:g} for the global batch, whatever the "
           f"number of processes")
-    stop = StopFlag()
+    stop, oof = StopFlag(), pd.DataFrame()
     try:
         with stop.installed():
             for fold, lock in itertools.zip_longest(folds, locks):
@@ -569,7 +572,7 @@ def train(cfg: C.Config, folds: list[int] | None = None, force: bool = False,
                     run_fold(cfg, data, fold, stop, dist)
                 if dist.main:
                     lock.release()
-                    assemble_oof(exp, cfg, record)
+                    oof = assemble_oof(exp, cfg, record)
     except Interrupted as e:
         again = "without --force" if force else "again"
         print(f"interrupted {e}; run the same command {again} to resume from the last finished epoch",
@@ -577,4 +580,4 @@ def train(cfg: C.Config, folds: list[int] | None = None, force: bool = False,
         raise
     finally:
         release(locks, None, exp, wrote=True)
-    return assemble_oof(exp, cfg, record) if dist.main else pd.DataFrame()
+    return oof

@@ -4,7 +4,6 @@ mixup lambda, the global step and a checksum of the weights and of Lookahead's s
 import json
 import sys
 
-import torch
 
 from pipeline import config as C
 from pipeline import distributed as D
@@ -27,7 +26,7 @@ def recording(*args, **kwargs):
 
 
 engine.mixup = recording
-T.run_epoch(cfg, fold, 0, data.df[cfg.data.target_col].to_numpy()[fold.val_idx], lambda: False, dist)
+T.run_epoch(cfg, fold, 0, lambda: False, dist)
 slow = [s["lookahead_slow_buff"] for g in fold.optimizer.param_groups for p in g["params"]
         if (s := fold.optimizer._base_optimizer.state.get(p)) and "lookahead_slow_buff" in s]
 seen = {"bias": bias, "lams": lams, "step": fold.state["step"], "rows": len(fold.train_loader.sampler),

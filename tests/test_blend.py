@@ -78,7 +78,7 @@ def test_fit_scores_each_fold_with_weights_fitted_without_that_fold(tmp_path, mo
     out = read_oof(tmp_path / "oof" / "fitted" / "oof.csv").set_index("image_name")
     preds = pd.DataFrame({str(m): read_oof(m / "oof.csv")["pred"].to_numpy() for m in members},
                          index=rows["image_name"])
-    ranks = B.fold_ranks(preds, rows.set_index("image_name")["fold"])
+    ranks = B.fold_ranks_of(preds, rows.set_index("image_name")["fold"])
     for k in range(N_FOLDS):
         fold_ids = {i for i, f in fold_of.items() if f == k}
         used = [w for ids, w in calls if ids == all_ids - fold_ids]
@@ -88,7 +88,7 @@ def test_fit_scores_each_fold_with_weights_fitted_without_that_fold(tmp_path, mo
         np.testing.assert_allclose(info["fold_weights"][str(k)], used[0])
     np.testing.assert_allclose(info["weights"], final[0])
     sub = pd.read_csv(tmp_path / "oof" / "fitted" / "submission.csv", dtype={"image_name": "string"})
-    test = np.column_stack([B.rank01(pd.read_csv(m / "submission.csv")["target"]) for m in members])
+    test = np.column_stack([B.fold_ranks(pd.read_csv(m / "submission.csv")["target"]) for m in members])
     np.testing.assert_allclose(sub["target"], test @ final[0])
 
 
@@ -102,7 +102,7 @@ def test_fit_of_pure_noise_reports_chance_while_in_fold_fitting_is_optimistic():
         preds = pd.DataFrame(rng.random((n, 3)), columns=["a", "b", "c"])
         pred, _, _ = B.blend_oof(preds, fold, target, "fit")
         reported.append(B.auc(target.to_numpy(), pred.to_numpy()))
-        ranks = B.fold_ranks(preds, fold)
+        ranks = B.fold_ranks_of(preds, fold)
         cheat = pd.Series(0.0, index=ranks.index)
         for k in range(N_FOLDS):  # weights fitted on the very rows they score
             rows = (fold == k).to_numpy()
@@ -118,7 +118,7 @@ def test_fit_weights_favour_the_informative_member_on_the_grid_and_with_nelder_m
     target = pd.Series((rng.random(300) < 0.4).astype(int))
     good = target + rng.normal(0, 0.7, 300)
     for n_noise in (2, 3):  # 3 members: grid; 4 members: Nelder-Mead
-        ranks = pd.DataFrame({"good": B.rank01(good), **{f"n{j}": rng.random(300) for j in range(n_noise)}})
+        ranks = pd.DataFrame({"good": B.fold_ranks(good), **{f"n{j}": rng.random(300) for j in range(n_noise)}})
         w = B.fit_weights(ranks, target)
         assert w.min() >= 0 and w.sum() == pytest.approx(1.0)
         assert w[0] > 0.5, w
@@ -182,7 +182,7 @@ def _flip_target(t):
     return t.assign(target=np.where(t.index == 0, 1 - t["target"], t["target"]))
 
 
-@pytest.mark.parametrize("change, words", [(_drop_rows, "cover different rows"),
+@pytest.mark.parametrize("change, words", [(_drop_rows, "hold different rows"),
                                            (_move_fold, "different folds"),
                                            (_flip_target, "different targets")])
 def test_members_on_other_rows_folds_or_targets_are_refused(tmp_path, change, words):
