@@ -83,7 +83,7 @@ def place(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
 
 def to_input(images: torch.Tensor, rt: Runtime) -> torch.Tensor:
     n, h, w, c = images.shape
-    x = images.to(rt.device, non_blocking=True).float()
+    x = images.to(rt.device, non_blocking=True).float().contiguous()  # a transposed TTA view is not
     # Normalise in NHWC with mean/std tiled along an image row: broadcasting a (1, 3, 1, 1) over a
     # channels_last tensor runs an inner loop of 3 elements, 10-20x slower on CPU. Same values.
     x.view(n * h, w * c).sub_(rt.mean.view(c).repeat(w)).div_(rt.std.view(c).repeat(w))

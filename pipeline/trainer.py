@@ -379,7 +379,7 @@ def peak_rss_mb() -> int:
 def finish_fold(cfg: C.Config, data: TrainData, f: Fold, dist: D.Dist) -> pd.DataFrame:
     """The best epoch's weights predict the fold's validation rows with TTA: its OOF rows."""
     d = cfg.data
-    f.model.load_state_dict(load_checkpoint(f.dir / "best.pt")["model"])
+    f.evaluated.load_state_dict(load_checkpoint(f.dir / "best.pt")["model"])  # the EMA's, with train.ema
     pred = predict_fold(f, cfg.infer.tta, f"fold {f.k} OOF", dist)
     keep = [d.id_col] + ([d.group_col] if d.group_col else []) + ["fold", d.target_col]
     oof = data.df.iloc[f.val_idx][keep].rename(columns={d.target_col: "target"})

@@ -8,7 +8,8 @@ import yaml
 
 from conftest import ROOT, run_cli, tiny_overrides
 from pipeline import trainer as T
-from pipeline.io import load_checkpoint
+from pipeline.engine import predict
+from pipeline.io import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,6 +37,25 @@ def test_ema_weights_are_validated_saved_and_resumed_exactly(tiny_cfg):
     np.testing.assert_array_equal(ref["pred"].to_numpy(), res["pred"].to_numpy())  # resume is exact
     plain = T.run_fold(tiny_cfg(**{"folds.n_folds": 2, "train.epochs": 2, "name": "plain"}), data, 0, lambda: False)
     assert np.abs(plain["pred"].to_numpy() - ref["pred"].to_numpy()).max() > 1e-4  # the EMA is what predicts
+
+
+def test_oof_is_predicted_by_the_best_checkpoint_with_ema(tiny_cfg):
+    """With train.ema, best.pt holds the EMA's weights of the best epoch: the OOF rows must come
+    from them, not from the EMA as it stands after the last epoch."""
+    cfg = tiny_cfg(**{"folds.n_folds": 2, "train.ema": True, "name": "ema_best"})
+    data = T.prepare(cfg)
+    f = T.build_fold(cfg, data, 0)
+    f.dir.mkdir(parents=True)
+    torch.manual_seed(0)
+    best = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() and "running" not in k else v
+            for k, v in f.model.state_dict().items()}  # an epoch the EMA has since moved away from
+    save_checkpoint(f.dir / "best.pt", {"model": best, "epoch": 1, "auc": 0.5})
+    f.state.update(best_auc=0.5, best_epoch=1)
+    oof = T.finish_fold(cfg, data, f, T.D.SINGLE)
+    model = T.build_model(cfg, data.meta.shape[1])
+    model.load_state_dict(best)
+    expected = predict(model, f.val_loader, f.rt, tta=cfg.infer.tta)
+    np.testing.assert_allclose(oof["pred"].to_numpy(), expected, atol=1e-6)
 
 
 def test_seeds_train_one_experiment_each_and_compare_them(tiny_data, tmp_path):

@@ -1,8 +1,12 @@
-"""The loop's CPU memory setting: freed tensors are reused, not page-faulted in again each step."""
+"""The loop's CPU memory setting: freed tensors are reused, not page-faulted in again each step;
+every TTA view reaches the model normalised."""
 import subprocess
 import sys
 
 import pytest
+import torch
+
+from pipeline.engine import Runtime, to_input, tta_views
 
 from conftest import ROOT
 
@@ -32,3 +36,17 @@ def test_freed_large_tensors_are_reused_without_new_page_faults():
     # with freed memory kept, the tensors reuse the pages of those before (0 or, when the heap grows
     # once more, 16,384 measured)
     assert int(default) >= 8 * 16384 and int(kept) <= 2 * 16384, out.stdout
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_all_eight_tta_views_are_distinct_and_normalised(channels_last):
+    # infer.tta=5..8 once failed: the transposed view is not contiguous, and the NHWC normalisation
+    # views the batch as rows.
+    images = torch.randint(0, 256, (2, 6, 6, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor([120.0, 110.0, 100.0]).view(1, 3, 1, 1), torch.tensor([60.0, 55.0, 50.0]).view(1, 3, 1, 1)
+    rt = Runtime(torch.device("cpu"), None, channels_last, mean, std, progress=False)
+    views = tta_views(images, 8)
+    assert len({v.numpy().tobytes() for v in views}) == 8
+    for v in views:
+        expected = (v.permute(0, 3, 1, 2).float() - mean) / std
+        torch.testing.assert_close(to_input(v, rt), expected)

@@ -1,0 +1,60 @@
+"""TTA views as a lever: a trained experiment's folds predict their validation rows again with 1, 2,
+4 and 8 views (flips and transposes), from the same best.pt files train.py wrote. Each view count
+becomes an OOF table that ``python -m pipeline.cv`` compares with intervals; no training.
+
+    .venv/bin/python benchmarks/tta_views.py oof/cpuhour/ref_seed42 --views 1,2,4,8
+    .venv/bin/python -m pipeline.cv oof/cpuhour/ref_seed42/tta_views/tta{1,2,4,8} --baseline tta1 --no-plot
+
+The predictions are train.py's own path (trainer.build_fold, trainer.predict_fold, engine.predict);
+the seconds printed are the validation rows' inference time for each view count.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
+from pipeline import trainer  # noqa: E402
+from pipeline.cli import parse_ints  # noqa: E402
+from pipeline.experiment import saved_config  # noqa: E402
+from pipeline.io import load_checkpoint, write_csv  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("experiment", type=Path, help="a trained experiment folder (config.yaml, fold<k>/best.pt)")
+    p.add_argument("--views", default="1,2,4,8", help="comma-separated view counts (1..8)")
+    args = p.parse_args()
+    cfg = saved_config(args.experiment / "config.yaml")
+    cfg.output_dir, cfg.name = str(args.experiment.parent), args.experiment.name
+    views = parse_ints(args.views, "--views")
+    data = trainer.prepare(cfg)
+    d = cfg.data
+    tables = {v: [] for v in views}
+    seconds = {v: 0.0 for v in views}
+    for k in range(cfg.folds.n_folds):
+        f = trainer.build_fold(cfg, data, k)
+        f.evaluated.load_state_dict(load_checkpoint(f.dir / "best.pt")["model"])
+        rows = data.df.iloc[f.val_idx][[d.id_col, "fold", d.target_col]].rename(columns={d.target_col: "target"})
+        for v in views:
+            start = time.perf_counter()
+            pred = trainer.predict_fold(f, v, f"fold {k} TTA x{v}", trainer.D.SINGLE)
+            seconds[v] += time.perf_counter() - start
+            tables[v].append(rows.assign(pred=pred))
+    for v in views:
+        oof = pd.concat(tables[v])
+        out = args.experiment / "tta_views" / f"tta{v}"
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(out / "oof.csv", oof)
+        print(f"TTA x{v}: pooled OOF AUC {roc_auc_score(oof['target'], oof['pred']):.4f}, "
+              f"{seconds[v]:.1f} s for {len(oof)} images -> {out / 'oof.csv'}")
+
+
+if __name__ == "__main__":
+    main()
