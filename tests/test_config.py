@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import yaml
 
 from pipeline.config import Config, ConfigError, load_config
 
@@ -92,3 +93,34 @@ def test_several_config_files_combine_later_ones_winning(tmp_path):
     proc = run_cli(str(ROOT / "train.py"), "--config", str(layout), "--config", str(recipe), "--folds", "4",
                    cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "error: fold(s) [4] out of range 0..2" in proc.stderr, proc.stderr
+
+
+RECIPE = ROOT / "configs" / "cpu_hour.yaml"
+LAYOUTS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if p != RECIPE)
+
+
+def test_cpu_hour_recipe_holds_only_training_sections_and_wins_over_every_layout():
+    recipe = yaml.safe_load(RECIPE.read_text())
+    assert set(recipe) <= {"model", "train", "infer", "features"}, set(recipe)
+    assert LAYOUTS
+    for layout in LAYOUTS:
+        alone, combined = load_config(layout), load_config([layout, RECIPE])
+        assert combined.data == alone.data and combined.folds == alone.folds and combined.name == alone.name
+        for section, values in recipe.items():
+            for key, value in values.items():
+                assert getattr(getattr(combined, section), key) == value, (layout.name, section, key)
+
+
+def test_cpu_hour_recipe_trains_on_a_data_layout_from_the_command_line(tiny_data, tmp_path):
+    """The recipe on top of a layout file, as the README shows it; only size and length shrunk here."""
+    layout = tmp_path / "layout.yaml"
+    layout.write_text(yaml.safe_dump({"name": "layout", "data": {"root": str(tiny_data), "generate_sample": False,
+                                                                 "cache_dir": str(tmp_path / "cache")},
+                                      "folds": {"n_folds": 3}, "train": {"lr": 0.123, "epochs": 9}}))
+    run_cli(str(ROOT / "train.py"), "--config", str(layout), "--config", str(RECIPE), "--folds", "0",
+            "model.image_size=32", "train.epochs=1", "infer.tta=1", f"output_dir={tmp_path / 'oof'}", cwd=tmp_path)
+    saved = yaml.safe_load((tmp_path / "oof" / "layout" / "config.yaml").read_text())
+    recipe = yaml.safe_load(RECIPE.read_text())
+    assert saved["data"]["root"] == str(tiny_data) and saved["folds"]["n_folds"] == 3
+    assert saved["train"]["lr"] == recipe["train"]["lr"] != 0.123  # the recipe's, not the layout's
+    assert (tmp_path / "oof" / "layout" / "fold0" / "val_predictions.csv").is_file()

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 12, phase 2: the recipe configs/cpu_hour.yaml as a user runs it on ISIC 2017, from a cold
+# image cache: train.py (5 folds) then infer.py (the val split, 150 images, with TTA), each timed;
+# then the val split scored once against its labels, and the OOF compared with the screening's
+# reference (benchmarks/cpu_hour_search.sh must have run first). The budget: train + infer <= 60 min.
+#
+#     bash benchmarks/cpu_hour_final.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=oof/cpuhour
+NAME=${NAME:-cpu_hour}
+CFG=(--config configs/isic2017.yaml --config configs/cpu_hour.yaml name=$NAME output_dir=$OUT
+     data.cache_dir=$OUT/cache_$NAME)  # a cache of its own: its building is part of the timed run
+t0=$SECONDS
+"$PY" train.py "${CFG[@]}"
+t1=$SECONDS
+"$PY" infer.py "${CFG[@]}"
+t2=$SECONDS
+printf '%s\t%s\n%s_infer\t%s\n' $NAME $((t1 - t0)) $NAME $((t2 - t1)) >> $OUT/wall.tsv
+echo "whole run: train.py $((t1 - t0)) s + infer.py $((t2 - t1)) s = $(( (t2 - t0) / 60 )) min $(( (t2 - t0) % 60 )) s"
+"$PY" - "$OUT/$NAME/submission.csv" <<'PY'
+import sys
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+sub = pd.read_csv(sys.argv[1])
+meta = pd.read_csv("../shared/data/isic2017/metadata.csv").set_index("image_id")
+y = meta.loc[sub["image_id"], "melanoma"].to_numpy()
+assert (meta.loc[sub["image_id"], "split"] == "val").all() and len(sub) == 150
+print(f"val split (scored once): AUC {roc_auc_score(y, sub['melanoma']):.4f} on {len(sub)} images, {int(y.sum())} melanoma")
+PY
+"$PY" -m pipeline.cv $OUT/ref_seed42 $OUT/$NAME --baseline ref_seed42 --no-plot --out $OUT/compare_$NAME
