@@ -33,6 +33,10 @@ timed scratch_b0 model.backbone=efficientnet_b0 model.pretrained=none
 timed lr2e-3 train.lr=2e-3
 timed lr1e-3_no_lookahead train.lr=1e-3 train.lookahead_k=1 train.lookahead_alpha=1
 timed px128_lr1e-3 model.image_size=128 train.lr=1e-3
+# the small differences again with the reference's second seed (each against ref_seed1)
+timed aug_strong_seed1 train.aug_scale=0.25 train.aug_color=0.2 train.seed=1
+timed drop_path0.25_seed1 model.drop_path_rate=0.25 model.head_dropout=0.5 train.seed=1
+timed batch16_seed1 train.batch_size=16 train.seed=1
 # TTA views: the reference's checkpoints predict their validation rows again with 1, 2, 4, 8 views
 "$PY" benchmarks/tta_views.py $OUT/ref_seed42 --views 1,2,4,8
 # the cost of one epoch at 192 px (fold 0, its own cache), to size the recipe's epochs
@@ -43,7 +47,10 @@ cat oof/cpuhour_probe/probe192/fold0/log.csv
 RUNS=(ref_seed42 ref_seed1 px96_e6 px128_e3 px64_e12 lr1e-3 no_lookahead no_meta aug_strong drop_path0.25
       batch16 scratch_b0 lr2e-3 lr1e-3_no_lookahead px128_lr1e-3)
 "$PY" -m pipeline.cv "${RUNS[@]/#/$OUT/}" --baseline ref_seed42 --no-plot --out $OUT/compare
-"$PY" -m pipeline.cv $OUT/ref_seed42/tta_views/tta{1,2,4,8} --baseline tta4 --no-plot --out $OUT/compare_tta
+"$PY" -m pipeline.cv $OUT/{ref_seed1,aug_strong_seed1,drop_path0.25_seed1,batch16_seed1} --baseline ref_seed1 \
+    --no-plot --out $OUT/compare_seed1
+"$PY" -m pipeline.cv $OUT/lr1e-3 $OUT/px128_lr1e-3 --baseline lr1e-3 --no-plot --out $OUT/compare_px128
+"$PY" -m pipeline.cv $OUT/ref_seed42_tta{1,2,4,8} --baseline ref_seed42_tta4 --no-plot --out $OUT/compare_tta
 "$PY" -m pipeline.blend $OUT/ref_seed42 $OUT/ref_seed1 --name blend_seeds --method mean
 "$PY" -m pipeline.cv $OUT/px64_e12 $OUT/blend_seeds $OUT/ref_seed42 --baseline px64_e12 --no-plot \
     --out $OUT/compare_blend

@@ -3,7 +3,10 @@
 becomes an OOF table that ``python -m pipeline.cv`` compares with intervals; no training.
 
     .venv/bin/python benchmarks/tta_views.py oof/cpuhour/ref_seed42 --views 1,2,4,8
-    .venv/bin/python -m pipeline.cv oof/cpuhour/ref_seed42/tta_views/tta{1,2,4,8} --baseline tta1 --no-plot
+    .venv/bin/python -m pipeline.cv oof/cpuhour/ref_seed42_tta{1,2,4,8} --baseline ref_seed42_tta4 --no-plot
+
+Each table goes beside the experiment, ``<experiment>_tta<views>/oof.csv`` (not into it: the
+experiment folder holds only what train.py writes).
 
 The predictions are train.py's own path (trainer.build_fold, trainer.predict_fold, engine.predict);
 the seconds printed are the validation rows' inference time for each view count.
@@ -41,7 +44,8 @@ def main() -> None:
     for k in range(cfg.folds.n_folds):
         f = trainer.build_fold(cfg, data, k)
         f.evaluated.load_state_dict(load_checkpoint(f.dir / "best.pt")["model"])
-        rows = data.df.iloc[f.val_idx][[d.id_col, "fold", d.target_col]].rename(columns={d.target_col: "target"})
+        keep = [d.id_col] + ([d.group_col] if d.group_col else []) + ["fold", d.target_col]
+        rows = data.df.iloc[f.val_idx][keep].rename(columns={d.target_col: "target"})
         for v in views:
             start = time.perf_counter()
             pred = trainer.predict_fold(f, v, f"fold {k} TTA x{v}", trainer.D.SINGLE)
@@ -49,7 +53,7 @@ def main() -> None:
             tables[v].append(rows.assign(pred=pred))
     for v in views:
         oof = pd.concat(tables[v])
-        out = args.experiment / "tta_views" / f"tta{v}"
+        out = args.experiment.with_name(f"{args.experiment.name}_tta{v}")
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / "oof.csv", oof)
         print(f"TTA x{v}: pooled OOF AUC {roc_auc_score(oof['target'], oof['pred']):.4f}, "
