@@ -21,12 +21,17 @@ printf '%s\t%s\n%s_infer\t%s\n' $NAME $((t1 - t0)) $NAME $((t2 - t1)) >> $OUT/wa
 echo "whole run: train.py $((t1 - t0)) s + infer.py $((t2 - t1)) s = $(( (t2 - t0) / 60 )) min $(( (t2 - t0) % 60 )) s"
 "$PY" - "$OUT/$NAME/submission.csv" <<'PY'
 import sys
+import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 sub = pd.read_csv(sys.argv[1])
 meta = pd.read_csv("../shared/data/isic2017/metadata.csv").set_index("image_id")
-y = meta.loc[sub["image_id"], "melanoma"].to_numpy()
+y, p = meta.loc[sub["image_id"], "melanoma"].to_numpy(), sub["melanoma"].to_numpy()
 assert (meta.loc[sub["image_id"], "split"] == "val").all() and len(sub) == 150
-print(f"val split (scored once): AUC {roc_auc_score(y, sub['melanoma']):.4f} on {len(sub)} images, {int(y.sum())} melanoma")
+rng = np.random.default_rng(0)
+boot = [roc_auc_score(y[i], p[i]) for i in (rng.integers(0, len(y), len(y)) for _ in range(1000)) if 0 < y[i].sum() < len(i)]
+lo, hi = np.percentile(boot, [2.5, 97.5])
+print(f"val split (scored once): AUC {roc_auc_score(y, p):.4f} (95% interval {lo:.3f} to {hi:.3f}, images resampled) "
+      f"on {len(sub)} images, {int(y.sum())} melanoma")
 PY
 "$PY" -m pipeline.cv $OUT/ref_seed42 $OUT/$NAME --baseline ref_seed42 --no-plot --out $OUT/compare_$NAME
