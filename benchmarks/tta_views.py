@@ -38,19 +38,16 @@ def main() -> None:
     cfg.output_dir, cfg.name = str(args.experiment.parent), args.experiment.name
     views = parse_ints(args.views, "--views")
     data = trainer.prepare(cfg)
-    d = cfg.data
     tables = {v: [] for v in views}
     seconds = {v: 0.0 for v in views}
     for k in range(cfg.folds.n_folds):
         f = trainer.build_fold(cfg, data, k)
         f.evaluated.load_state_dict(load_checkpoint(f.dir / "best.pt")["model"])
-        keep = [d.id_col] + ([d.group_col] if d.group_col else []) + ["fold", d.target_col]
-        rows = data.df.iloc[f.val_idx][keep].rename(columns={d.target_col: "target"})
         for v in views:
             start = time.perf_counter()
             pred = trainer.predict_fold(f, v, f"fold {k} TTA x{v}", trainer.D.SINGLE)
             seconds[v] += time.perf_counter() - start
-            tables[v].append(rows.assign(pred=pred))
+            tables[v].append(trainer.oof_rows(cfg, data, f.val_idx, pred))
     for v in views:
         oof = pd.concat(tables[v])
         out = args.experiment.with_name(f"{args.experiment.name}_tta{v}")

@@ -376,21 +376,24 @@ def peak_rss_mb() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 
+def oof_rows(cfg: C.Config, data: TrainData, rows: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
+    """OOF table rows: id, group (when configured), fold, target, pred."""
+    d = cfg.data
+    keep = [d.id_col] + ([d.group_col] if d.group_col else []) + ["fold", d.target_col]
+    return data.df.iloc[rows][keep].rename(columns={d.target_col: "target"}).assign(pred=pred)
+
+
 def finish_fold(cfg: C.Config, data: TrainData, f: Fold, dist: D.Dist) -> pd.DataFrame:
     """The best epoch's weights predict the fold's validation rows with TTA: its OOF rows."""
-    d = cfg.data
     f.evaluated.load_state_dict(load_checkpoint(f.dir / "best.pt")["model"])  # the EMA's, with train.ema
-    pred = predict_fold(f, cfg.infer.tta, f"fold {f.k} OOF", dist)
-    keep = [d.id_col] + ([d.group_col] if d.group_col else []) + ["fold", d.target_col]
-    oof = data.df.iloc[f.val_idx][keep].rename(columns={d.target_col: "target"})
-    oof["pred"] = pred
+    oof = oof_rows(cfg, data, f.val_idx, predict_fold(f, cfg.infer.tta, f"fold {f.k} OOF", dist))
     if dist.main:
         write_csv(f.dir / "val_predictions.csv", oof)
         for p in f.dir.glob("last*.pt*"):  # last.pt, last.prev.pt and any set-aside .corrupt file
             p.unlink()
         remove_stale_temps(f.dir)
     print(f"fold {f.k}: best val AUC {f.state['best_auc']:.4f} at epoch {f.state['best_epoch']}, "
-          f"OOF AUC (TTA x{cfg.infer.tta}) {roc_auc_score(oof['target'], pred):.4f}")
+          f"OOF AUC (TTA x{cfg.infer.tta}) {roc_auc_score(oof['target'], oof['pred']):.4f}")
     return oof
 
 
