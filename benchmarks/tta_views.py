@@ -37,6 +37,9 @@ def main() -> None:
     cfg = saved_config(args.experiment / "config.yaml")
     cfg.output_dir, cfg.name = str(args.experiment.parent), args.experiment.name
     views = parse_ints(args.views, "--views")
+    missing = [k for k in range(cfg.folds.n_folds) if not (args.experiment / f"fold{k}" / "best.pt").is_file()]
+    if missing:
+        sys.exit(f"error: {args.experiment}: fold(s) {missing} have no best.pt; a pooled OOF needs every fold")
     data = trainer.prepare(cfg)
     tables = {v: [] for v in views}
     seconds = {v: 0.0 for v in views}
