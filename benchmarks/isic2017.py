@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.cv import report  # noqa: E402
-from pipeline.trainer import prepare, train  # noqa: E402
+from pipeline.prepare import prepare  # noqa: E402
+from pipeline.trainer import train  # noqa: E402
 
 VARIANTS = {
     "full": [],

@@ -60,10 +60,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline import trainer as T  # noqa: E402
 from pipeline.data import build_cache  # noqa: E402
 from pipeline.engine import forward, one_thread, predict, to_input, tta_views  # noqa: E402
 from pipeline.mixup import mixup, mixup_loss  # noqa: E402
+from pipeline.prepare import TrainData  # noqa: E402
+from pipeline.trainer import build_fold, build_optimizer, run_epoch  # noqa: E402
 
 ISIC2017 = ROOT.parent / "shared" / "data" / "isic2017"
 N_META = 8  # width of the (random) meta vector; the meta MLP is tiny either way
@@ -182,7 +183,7 @@ def workers_peak_rss_mb() -> list[float]:
     return out
 
 
-def main(argv=None):
+def parse_args(argv) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=128)
@@ -202,197 +203,265 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.epochs < 2 or args.infer_rounds < 2:
         p.error("--epochs and --infer-rounds must be at least 2 (the first one is a warm-up)")
+    return p, args
+
+
+@dataclasses.dataclass
+class Bench:
+    """What the steps share: the arguments, the config, the fold the pipeline trains and the raw
+    twins (one per memory format: model, optimizer, inputs, runtime and tallies)."""
+    args: argparse.Namespace
+    cfg: object
+    source: str
+    n_train: int
+    n_val: int
+    infer_bs: int
+    paths: list = None
+    cold_cache_s: float = 0.0
+    fold: object = None
+    raw: dict = None
+    raw_meta: torch.Tensor = None   # inputs of the raw step (batch_size rows) and forward (infer_bs rows)
+    raw_y: torch.Tensor = None
+    raw_meta_i: torch.Tensor = None
+
+
+def configure(p: argparse.ArgumentParser, args: argparse.Namespace) -> Bench:
+    """The config the pipeline runs with, and whole batches of training and validation images."""
     if args.threads:
         torch.set_num_threads(args.threads)
     source = args.source if args.source != "auto" else ("isic2017" if (ISIC2017 / "images").is_dir() else "generated")
-
     overrides = [f"model.backbone={args.backbone}", f"model.image_size={args.image_size}",
                  f"train.batch_size={args.batch_size}", f"infer.tta={args.tta}", f"train.epochs={args.epochs + 1}",
                  *args.set]
     if args.workers is not None:
         overrides.append(f"train.num_workers={args.workers}")
     cfg = load_config(None, overrides)
-    t, size = cfg.train, cfg.model.image_size
     # Whole inference batches only, so that each one matches the raw forward's batch.
     infer_bs = min(cfg.infer.batch_size, args.val_images or cfg.infer.batch_size)
     n_val = (args.val_images or 2 * infer_bs) // infer_bs * infer_bs
     cfg.infer.batch_size = infer_bs  # the fold's validation loader, batch for batch the raw forward's
-    n_train = args.images - args.images % t.batch_size
-    if n_train < t.batch_size:
+    n_train = args.images - args.images % cfg.train.batch_size
+    if n_train < cfg.train.batch_size:
         p.error("--images must be at least --batch-size")
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
+    return Bench(args, cfg, source, n_train, n_val, infer_bs)
 
-    with tempfile.TemporaryDirectory(prefix="throughput_") as tmp:
-        tmp = Path(tmp)
-        paths = source_images(source, n_train + n_val, tmp)
+
+def setup(b: Bench, tmp: Path, rng: np.random.Generator) -> None:
+    """The image cache (timed cold, then memory-mapped warm), the pipeline's fold and the raw twins."""
+    t, size = b.cfg.train, b.cfg.model.image_size
+    b.paths = source_images(b.source, b.n_train + b.n_val, tmp)
+    start = time.perf_counter()
+    build_cache(b.paths, size, tmp / "cache", desc="bench")
+    b.cold_cache_s = time.perf_counter() - start
+    images = build_cache(b.paths, size, tmp / "cache", desc="bench").images  # warm: memory-mapped
+    meta = rng.standard_normal((len(b.paths), N_META)).astype(np.float32)
+    y = (rng.random(len(b.paths)) < 0.2).astype(np.float32)
+
+    # The pipeline: one fold built and trained by the trainer's own steps (trainer.build_fold,
+    # trainer.run_epoch: what train.py runs), on a table whose fold 0 is the validation set.
+    df = pd.DataFrame({"cache_row": np.arange(len(b.paths)), "target": y.astype(int),
+                       "fold": np.r_[np.ones(b.n_train, int), np.zeros(b.n_val, int)]})
+    b.fold = build_fold(b.cfg, TrainData(df, images, meta, None, []), 0)
+    model, rt = b.fold.model, b.fold.rt
+    # Raw twins, one per memory format, copied before any training so all start alike. They run in the
+    # pipeline's precision (autocast) and take already-normalised float inputs of the same shape.
+    b.raw = {}
+    for fmt, cl in (("contiguous", False), ("channels_last", True)):
+        m = copy.deepcopy(model).to(rt.device).to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        x = torch.randn(t.batch_size, 3, size, size, device=rt.device)
+        xi = torch.randn(b.infer_bs, 3, size, size, device=rt.device)  # predict's forward: one view of a batch
+        if cl:
+            x, xi = (v.contiguous(memory_format=torch.channels_last) for v in (x, xi))
+        b.raw[fmt] = dict(model=m, opt=build_optimizer(m, t), x=x, xi=xi,
+                          rt=dataclasses.replace(rt, channels_last=cl), train=Tally(), infer=Tally(),
+                          probe_train=Tally(), probe_infer=Tally())
+    b.raw_meta = torch.randn(t.batch_size, N_META, device=rt.device)
+    b.raw_y = (torch.rand(t.batch_size, device=rt.device) < 0.2).float()
+    b.raw_meta_i = torch.randn(b.infer_bs, N_META, device=rt.device)
+
+
+def probe(b: Bench) -> tuple[str, str, dict, dict]:
+    """Which memory format runs the raw step and forward faster: a short probe, the two formats
+    alternating. Returns the faster formats (step, forward) and the raw sides that the pipeline is
+    measured against: the epochs interleave the pipeline with the faster format only, as a step
+    that follows a step in the other format starts with cold kernels and caches, and pays for it."""
+    t, rt, raw = b.cfg.train, b.fold.rt, b.raw
+    print(f"source {b.source}: {b.n_train} training + {b.n_val} validation images -> {b.cfg.model.image_size}px; "
+          f"{b.args.backbone}, batch {t.batch_size}, {len(b.fold.train_loader)} steps/epoch, {b.args.epochs} epochs; "
+          f"workers {t.num_workers}, torch threads {torch.get_num_threads()}, channels_last "
+          f"{t.channels_last}, autocast {rt.amp_dtype}, device {rt.device}", flush=True)
+    for r in raw.values():  # warm-up: first calls pick kernels and allocate
+        raw_train_step(r, b.raw_meta, b.raw_y)
+        raw_forward(r, b.raw_meta_i)
+    for _ in range(b.args.probe_steps):
+        for r in raw.values():
+            s = raw_train_step(r, b.raw_meta, b.raw_y)
+            r["probe_train"].add(t.batch_size, s, [s])
+            s = raw_forward(r, b.raw_meta_i)
+            r["probe_infer"].add(len(r["xi"]), s, [s])
+    best_train_fmt = max(raw, key=lambda k: raw[k]["probe_train"].rate)
+    best_infer_fmt = max(raw, key=lambda k: raw[k]["probe_infer"].rate)
+    print("probe, images/s: " + ", ".join(
+        f"{k} step {r['probe_train'].rate:.1f} forward {r['probe_infer'].rate:.1f}" for k, r in raw.items())
+        + f"; faster: {best_train_fmt} (step), {best_infer_fmt} (forward)", flush=True)
+    # Beside the pipeline, the raw step runs on the pipeline's own model and optimizer where the
+    # faster format is the pipeline's: the same weights, optimizer state and memory. A twin model
+    # stepped in between would make every step of both start with the other model's memory in the
+    # caches and the allocator (measured: 10% slower raw steps than in the probe).
+    pipe_fmt = "channels_last" if rt.channels_last else "contiguous"
+    train_raw, infer_raw = (dict(raw[f], model=b.fold.model, opt=b.fold.optimizer, rt=rt) if f == pipe_fmt else raw[f]
+                            for f in (best_train_fmt, best_infer_fmt))
+    used_twins = {f for f in (best_train_fmt, best_infer_fmt) if f != pipe_fmt}
+    for f in set(raw) - used_twins:  # free the twins no longer used
+        del raw[f]["model"], raw[f]["opt"]
+    return best_train_fmt, best_infer_fmt, train_raw, infer_raw
+
+
+def train_epochs(b: Bench, train_raw: dict, fmt: str) -> tuple[Tally, Tally, list, float]:
+    """The pipeline's epochs (run_epoch, as train.py runs it), each pipeline step followed by a raw
+    step of the faster format; the first epoch is a warm-up for both. Then one more epoch alone.
+    Returns the pipeline's training and validation tallies, the loader waits, and the alone rate."""
+    fold, t, n_train, n_val = b.fold, b.cfg.train, b.n_train, b.n_val
+    train_loader, timed = fold.train_loader, False
+
+    def between():  # one raw step of the faster format per pipeline step
+        s = raw_train_step(train_raw, b.raw_meta, b.raw_y)
+        if timed:
+            train_raw["train"].add(t.batch_size, s, [s])
+
+    pipe_train, pipe_val, fetch = Tally(), Tally(), []
+    for epoch in range(b.args.epochs):
+        timed = epoch > 0
+        loader = fold.train_loader = Interleaved(train_loader, between)
+        row = run_epoch(b.cfg, fold, epoch, lambda: False)  # train.py's epoch, as it is
+        train_s, val_s = row["train_s"] - loader.between_s, row["val_s"]
+        if timed:
+            pipe_train.add(n_train, train_s, loader.steps)
+            fetch += loader.fetch
+            pipe_val.add(n_val, val_s, [])
+        print(f"epoch {epoch + 1}: pipeline {n_train / train_s:.1f} img/s" + (" (warm-up)" if not timed else "")
+              + (f", raw {fmt} {train_raw['train'].rate:.1f}" if timed else "")
+              + f"; validation {n_val / val_s:.1f} img/s; pipeline steps {sum(loader.steps):.2f}s (first "
+              f"{loader.steps[0]:.2f}s, slowest {max(loader.steps):.2f}s), outside steps "
+              f"{train_s - sum(loader.steps):.2f}s", flush=True)
+    fold.train_loader = train_loader
+    # One more epoch alone, nothing in between: the figure train.py's log.csv shows (images / train_s),
+    # to check the interleaved measurement against.
+    row = run_epoch(b.cfg, fold, b.args.epochs, lambda: False)
+    alone = n_train / row["train_s"]
+    print(f"epoch {b.args.epochs + 1} alone, as log.csv times it: {alone:.1f} img/s", flush=True)
+    return pipe_train, pipe_val, fetch, alone
+
+
+def infer_rounds(b: Bench, infer_raw: dict) -> tuple[Tally, list]:
+    """engine.predict with TTA over the validation rows, each batch followed by a raw forward of the
+    faster format; the first round is a warm-up. Returns the pipeline's tally (every view counted)
+    and the pipeline/raw ratio of each timed round."""
+    tta, n_val, timed = b.args.tta, b.n_val, False
+
+    def between():
+        s = raw_forward(infer_raw, b.raw_meta_i)
+        if timed:
+            infer_raw["infer"].add(len(infer_raw["xi"]), s, [s])
+
+    pipe_infer, ratios = Tally(), []
+    for rnd in range(b.args.infer_rounds):
+        timed = rnd > 0
+        before = infer_raw["infer"].seconds, infer_raw["infer"].images
+        loader = Interleaved(b.fold.val_loader, between)
         start = time.perf_counter()
-        build_cache(paths, size, tmp / "cache", desc="bench")
-        cold_cache_s = time.perf_counter() - start
-        images = build_cache(paths, size, tmp / "cache", desc="bench").images  # warm: memory-mapped
-        meta = rng.standard_normal((len(paths), N_META)).astype(np.float32)
-        y = (rng.random(len(paths)) < 0.2).astype(np.float32)
+        predict(b.fold.model, loader, b.fold.rt, tta=tta, desc="predict")
+        s = time.perf_counter() - start - loader.between_s
+        if timed:
+            pipe_infer.add(n_val * tta, s, [])
+            raw_rate = (infer_raw["infer"].images - before[1]) / (infer_raw["infer"].seconds - before[0])
+            ratios.append(n_val * tta / s / raw_rate)
+    return pipe_infer, ratios
 
-        # The pipeline: one fold built and trained by the trainer's own steps (trainer.build_fold,
-        # trainer.run_epoch: what train.py runs), on a table whose fold 0 is the validation set.
-        df = pd.DataFrame({"cache_row": np.arange(len(paths)), "target": y.astype(int),
-                           "fold": np.r_[np.ones(n_train, int), np.zeros(n_val, int)]})
-        fold = T.build_fold(cfg, T.TrainData(df, images, meta, None, []), 0)
-        model, optimizer, rt, train_loader, val_loader = (fold.model, fold.optimizer, fold.rt, fold.train_loader,
-                                                          fold.val_loader)
-        # Raw twins, one per memory format, copied before any training so all start alike. They run in the
-        # pipeline's precision (autocast) and take already-normalised float inputs of the same shape.
-        raw = {}
-        for fmt, cl in (("contiguous", False), ("channels_last", True)):
-            m = copy.deepcopy(model).to(rt.device).to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-            x = torch.randn(t.batch_size, 3, size, size, device=rt.device)
-            xi = torch.randn(infer_bs, 3, size, size, device=rt.device)  # predict's forward: one view of a batch
-            if cl:
-                x, xi = (v.contiguous(memory_format=torch.channels_last) for v in (x, xi))
-            raw[fmt] = dict(model=m, opt=T.build_optimizer(m, t), x=x, xi=xi,
-                            rt=dataclasses.replace(rt, channels_last=cl), train=Tally(), infer=Tally(),
-                            probe_train=Tally(), probe_infer=Tally())
-        raw_meta = torch.randn(t.batch_size, N_META, device=rt.device)
-        raw_y = (torch.rand(t.batch_size, device=rt.device) < 0.2).float()
-        raw_meta_i = torch.randn(infer_bs, N_META, device=rt.device)
-        steps_per_epoch = len(train_loader)
 
-        print(f"source {source}: {n_train} training + {n_val} validation images -> {size}px; "
-              f"{args.backbone}, batch {t.batch_size}, {steps_per_epoch} steps/epoch, {args.epochs} epochs; "
-              f"workers {t.num_workers}, torch threads {torch.get_num_threads()}, channels_last "
-              f"{t.channels_last}, autocast {rt.amp_dtype}, device {rt.device}", flush=True)
-        for r in raw.values():  # warm-up: first calls pick kernels and allocate
-            raw_train_step(r, raw_meta, raw_y)
-            raw_forward(r, raw_meta_i)
-        # Which memory format runs the raw step and forward faster: a short probe, the two formats
-        # alternating. The epochs below interleave the pipeline with the faster format only: a step
-        # that follows a step in the other format starts with cold kernels and caches, and pays for it.
-        for _ in range(args.probe_steps):
-            for r in raw.values():
-                s = raw_train_step(r, raw_meta, raw_y)
-                r["probe_train"].add(t.batch_size, s, [s])
-                s = raw_forward(r, raw_meta_i)
-                r["probe_infer"].add(len(r["xi"]), s, [s])
-        best_train_fmt = max(raw, key=lambda k: raw[k]["probe_train"].rate)
-        best_infer_fmt = max(raw, key=lambda k: raw[k]["probe_infer"].rate)
-        print("probe, images/s: " + ", ".join(
-            f"{k} step {r['probe_train'].rate:.1f} forward {r['probe_infer'].rate:.1f}" for k, r in raw.items())
-            + f"; faster: {best_train_fmt} (step), {best_infer_fmt} (forward)", flush=True)
-        # Beside the pipeline, the raw step runs on the pipeline's own model and optimizer where the
-        # faster format is the pipeline's: the same weights, optimizer state and memory. A twin model
-        # stepped in between would make every step of both start with the other model's memory in the
-        # caches and the allocator (measured: 10% slower raw steps than in the probe).
-        pipe_fmt = "channels_last" if rt.channels_last else "contiguous"
-        train_raw, infer_raw = (dict(raw[f], model=model, opt=optimizer, rt=rt) if f == pipe_fmt else raw[f]
-                                for f in (best_train_fmt, best_infer_fmt))
-        used_twins = {f for f in (best_train_fmt, best_infer_fmt) if f != pipe_fmt}
-        for f in set(raw) - used_twins:  # free the twins no longer used
-            del raw[f]["model"], raw[f]["opt"]
-        timed = False
+def loop_chores(b: Bench, rng: np.random.Generator) -> dict:
+    """The loop's own chores alone, on all threads vs on one (engine.one_thread), alternated:
+    {name: (ms on all threads, ms on one)}."""
+    rt, t, tta = b.fold.rt, b.cfg.train, b.args.tta
+    images_b, meta_b, y_b = next(iter(b.fold.train_loader))
+    val_images = next(iter(b.fold.val_loader))[0]
 
-        def train_between():  # one raw step of the faster format per pipeline step
-            s = raw_train_step(train_raw, raw_meta, raw_y)
-            if timed:
-                train_raw["train"].add(t.batch_size, s, [s])
+    def train_chores():
+        x = to_input(images_b, rt)
+        return mixup(x, meta_b, y_b, 1.0, t.mixup_alpha, rng)
 
-        def infer_between():
-            s = raw_forward(infer_raw, raw_meta_i)
-            if timed:
-                infer_raw["infer"].add(len(infer_raw["xi"]), s, [s])
+    def infer_chores():
+        return to_input(torch.cat(tta_views(val_images, tta)), rt)
 
-        pipe_train, pipe_val, fetch = Tally(), Tally(), []
-        for epoch in range(args.epochs):
-            timed = epoch > 0  # the first epoch is a warm-up for both
-            loader = fold.train_loader = Interleaved(train_loader, train_between)
-            row = T.run_epoch(cfg, fold, epoch, lambda: False)  # train.py's epoch, as it is
-            train_s, val_s = row["train_s"] - loader.between_s, row["val_s"]
-            if timed:
-                pipe_train.add(n_train, train_s, loader.steps)
-                fetch += loader.fetch
-                pipe_val.add(n_val, val_s, [])
-            print(f"epoch {epoch + 1}: pipeline {n_train / train_s:.1f} img/s" + (" (warm-up)" if not timed else "")
-                  + (f", raw {best_train_fmt} {train_raw['train'].rate:.1f}" if timed else "")
-                  + f"; validation {n_val / val_s:.1f} img/s; pipeline steps {sum(loader.steps):.2f}s (first "
-                  f"{loader.steps[0]:.2f}s, slowest {max(loader.steps):.2f}s), outside steps "
-                  f"{train_s - sum(loader.steps):.2f}s", flush=True)
-        fold.train_loader = train_loader
-        # One more epoch alone, nothing in between: the figure train.py's log.csv shows (images / train_s),
-        # to check the interleaved measurement against.
-        row = T.run_epoch(cfg, fold, args.epochs, lambda: False)
-        alone = n_train / row["train_s"]
-        print(f"epoch {args.epochs + 1} alone, as log.csv times it: {alone:.1f} img/s", flush=True)
+    def single(fn):
+        def run():
+            with one_thread(rt):
+                fn()
+        return run
 
-        pipe_infer, infer_ratios = Tally(), []
-        for rnd in range(args.infer_rounds):
-            timed = rnd > 0
-            before = infer_raw["infer"].seconds, infer_raw["infer"].images
-            loader = Interleaved(val_loader, infer_between)
-            start = time.perf_counter()
-            predict(model, loader, rt, tta=args.tta, desc="predict")
-            s = time.perf_counter() - start - loader.between_s
-            if timed:
-                pipe_infer.add(n_val * args.tta, s, [])
-                raw_rate = (infer_raw["infer"].images - before[1]) / (infer_raw["infer"].seconds - before[0])
-                infer_ratios.append(n_val * args.tta / s / raw_rate)
-        worker_mb = workers_peak_rss_mb()  # while the persistent loader workers are alive
+    return {"to_input + mixup per training step, all threads / one": ab_ms(train_chores, single(train_chores)),
+            f"TTA x{tta} views + to_input per batch, all threads / one": ab_ms(infer_chores, single(infer_chores))}
 
-        # The loop's own chores alone, on all threads vs on one (engine.one_thread), alternated.
-        images_b, meta_b, y_b = next(iter(train_loader))
-        val_images = next(iter(val_loader))[0]
 
-        def train_chores():
-            x = to_input(images_b, rt)
-            return mixup(x, meta_b, y_b, 1.0, t.mixup_alpha, rng)
-
-        def infer_chores():
-            return to_input(torch.cat(tta_views(val_images, args.tta)), rt)
-
-        def single(fn):
-            def run():
-                with one_thread(rt):
-                    fn()
-            return run
-
-        chores = {"to_input + mixup per training step, all threads / one": ab_ms(train_chores, single(train_chores)),
-                  f"TTA x{args.tta} views + to_input per batch, all threads / one": ab_ms(infer_chores, single(infer_chores))}
-
-    best_train, best_infer = train_raw["train"], infer_raw["infer"]
-    train_ratio, infer_ratio = pipe_train.rate / best_train.rate, pipe_infer.rate / best_infer.rate
-    per_step = t.batch_size
-    step_ratio = pipe_train.median_rate(per_step) / best_train.median_rate(per_step)
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    rows = [("decode + resize into the cache (cold)", f"{len(paths) / cold_cache_s:.1f}", f"{len(paths)} images"),
+def table_rows(b: Bench, m: dict) -> list[tuple[str, str, str]]:
+    """The table's rows (measure, images/s, note) up to its summary lines."""
+    raw, tta = b.raw, b.args.tta
+    best_train, best_infer = m["train_raw"]["train"], m["infer_raw"]["infer"]
+    return [("decode + resize into the cache (cold)", f"{len(b.paths) / b.cold_cache_s:.1f}", f"{len(b.paths)} images"),
             *[(f"raw train step, {k} (probe)", f"{r['probe_train'].rate:.1f}",
                f"median step {1e3 * statistics.median(r['probe_train'].steps):.0f} ms") for k, r in raw.items()],
-            (f"raw train step, {best_train_fmt} (interleaved)", f"{best_train.rate:.1f}",
+            (f"raw train step, {m['train_fmt']} (interleaved)", f"{best_train.rate:.1f}",
              f"median step {1e3 * statistics.median(best_train.steps):.0f} ms"),
-            ("pipeline training, epochs 2..", f"{pipe_train.rate:.1f}",
-             f"median step {1e3 * statistics.median(pipe_train.steps):.0f} ms"),
-            ("  of which waiting for the loader", "", f"median {1e3 * statistics.median(fetch):.1f} ms per step"),
-            ("pipeline validation (tta 1)", f"{pipe_val.rate:.1f}", ""),
+            ("pipeline training, epochs 2..", f"{m['pipe_train'].rate:.1f}",
+             f"median step {1e3 * statistics.median(m['pipe_train'].steps):.0f} ms"),
+            ("  of which waiting for the loader", "", f"median {1e3 * statistics.median(m['fetch']):.1f} ms per step"),
+            ("pipeline validation (tta 1)", f"{m['pipe_val'].rate:.1f}", ""),
             *[(f"raw forward, {k} (probe)", f"{r['probe_infer'].rate:.1f}", f"batch {len(r['xi'])}")
               for k, r in raw.items()],
-            (f"raw forward, {best_infer_fmt} (interleaved)", f"{best_infer.rate:.1f}", f"batch {len(infer_raw['xi'])}"),
-            (f"pipeline inference, TTA x{args.tta} (views)", f"{pipe_infer.rate:.1f}", "")]
+            (f"raw forward, {m['infer_fmt']} (interleaved)", f"{best_infer.rate:.1f}",
+             f"batch {len(m['infer_raw']['xi'])}"),
+            (f"pipeline inference, TTA x{tta} (views)", f"{m['pipe_infer'].rate:.1f}", "")]
+
+
+def print_table(b: Bench, m: dict) -> None:
+    """The table of rates, the loop's chores, and the last, machine-readable line."""
+    best_train, best_infer, pipe_train = m["train_raw"]["train"], m["infer_raw"]["infer"], m["pipe_train"]
+    train_ratio, infer_ratio = pipe_train.rate / best_train.rate, m["pipe_infer"].rate / best_infer.rate
+    per_step = b.cfg.train.batch_size
+    step_ratio = pipe_train.median_rate(per_step) / best_train.median_rate(per_step)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\n| {'measure':<40} | {'images/s':>9} | note")
     print(f"|{'-' * 42}|{'-' * 11}|------")
-    for name, rate, note in rows:
+    for name, rate, note in table_rows(b, m):
         print(f"| {name:<40} | {rate:>9} | {note}")
     print(f"| {'train ratio (median steps, noise check)':<40} | {step_ratio:>9.3f} |")
-    q1, med, q3 = np.percentile(infer_ratios, [25, 50, 75])
+    q1, med, q3 = np.percentile(m["infer_ratios"], [25, 50, 75])
     print(f"| {'infer ratio per round: median (IQR)':<40} | {med:>9.3f} | {q1:.3f}-{q3:.3f} over "
-          f"{len(infer_ratios)} rounds")
-    print(f"| {'one epoch alone, as log.csv times it':<40} | {alone:>9.1f} | images / train_s of train.py's "
+          f"{len(m['infer_ratios'])} rounds")
+    print(f"| {'one epoch alone, as log.csv times it':<40} | {m['alone']:>9.1f} | images / train_s of train.py's "
           f"epoch, nothing in between (vs pipeline {pipe_train.rate:.1f} interleaved)")
     print(f"| {'peak RSS: this process / loader workers':<40} | {rss_mb:>6.0f} MB | "
-          f"{', '.join(f'{m:.0f} MB' for m in worker_mb) or 'no workers'}")
+          f"{', '.join(f'{w:.0f} MB' for w in m['worker_mb']) or 'no workers'}")
     print("\nthe loop's chores alone, median ms: before -> as the pipeline runs them")
-    for name, (a, b) in chores.items():
-        print(f"  {name:<50} {a:7.2f} -> {b:6.2f}")
+    for name, (a, c) in m["chores"].items():
+        print(f"  {name:<50} {a:7.2f} -> {c:6.2f}")
     print()
     print(f"train_ratio={train_ratio:.3f} infer_ratio={infer_ratio:.3f} infer_ratio_median={med:.3f} "
           f"peak_rss_mb={int(round(rss_mb))}")
+
+
+def main(argv=None):
+    b = configure(*parse_args(argv))
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="throughput_") as tmp:
+        setup(b, Path(tmp), rng)
+        m = dict(zip(("train_fmt", "infer_fmt", "train_raw", "infer_raw"), probe(b)))
+        m.update(zip(("pipe_train", "pipe_val", "fetch", "alone"), train_epochs(b, m["train_raw"], m["train_fmt"])))
+        m.update(zip(("pipe_infer", "infer_ratios"), infer_rounds(b, m["infer_raw"])))
+        m["worker_mb"] = workers_peak_rss_mb()  # while the persistent loader workers are alive
+        m["chores"] = loop_chores(b, rng)
+    print_table(b, m)
 
 
 if __name__ == "__main__":

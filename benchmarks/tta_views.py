@@ -8,8 +8,9 @@ becomes an OOF table that ``python -m pipeline.cv`` compares with intervals; no 
 Each table goes beside the experiment, ``<experiment>_tta<views>/oof.csv`` (not into it: the
 experiment folder holds only what train.py writes).
 
-The predictions are train.py's own path (trainer.build_fold, trainer.predict_fold, engine.predict);
-the seconds printed are the validation rows' inference time for each view count.
+The predictions are train.py's own path: prepare.prepare, checkpoints.predicting_model (the one way a
+trained fold predicts), engine.predict; the seconds printed are the validation rows' inference time
+for each view count.
 """
 from __future__ import annotations
 
@@ -20,13 +21,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from pipeline import trainer  # noqa: E402
-from pipeline.cli import parse_ints  # noqa: E402
+from pipeline.checkpoints import predicting_model  # noqa: E402
+from pipeline.cli import parse_ints, tune_process  # noqa: E402
+from pipeline.engine import predict  # noqa: E402
 from pipeline.experiment import saved_config  # noqa: E402
-from pipeline.io import load_checkpoint, write_csv  # noqa: E402
+from pipeline.io import write_csv  # noqa: E402
+from pipeline.prepare import eval_loader, oof_rows, prepare  # noqa: E402
 
 
 def main() -> None:
@@ -40,17 +44,19 @@ def main() -> None:
     missing = [k for k in range(cfg.folds.n_folds) if not (args.experiment / f"fold{k}" / "best.pt").is_file()]
     if missing:
         sys.exit(f"error: {args.experiment}: fold(s) {missing} have no best.pt; a pooled OOF needs every fold")
-    data = trainer.prepare(cfg)
+    tune_process()
+    data = prepare(cfg)
     tables = {v: [] for v in views}
     seconds = {v: 0.0 for v in views}
     for k in range(cfg.folds.n_folds):
-        f = trainer.build_fold(cfg, data, k)
-        f.evaluated.load_state_dict(load_checkpoint(f.dir / "best.pt")["model"])
+        idx = np.flatnonzero(data.df["fold"].to_numpy() == k)
+        loader = eval_loader(cfg, data, idx)
+        model, rt = predicting_model(cfg, data.meta.shape[1], args.experiment / f"fold{k}")
         for v in views:
             start = time.perf_counter()
-            pred = trainer.predict_fold(f, v, f"fold {k} TTA x{v}", trainer.D.SINGLE)
+            pred = predict(model, loader, rt, tta=v, desc=f"fold {k} TTA x{v}")
             seconds[v] += time.perf_counter() - start
-            tables[v].append(trainer.oof_rows(cfg, data, f.val_idx, pred))
+            tables[v].append(oof_rows(cfg, data, idx, pred))
     for v in views:
         oof = pd.concat(tables[v])
         out = args.experiment.with_name(f"{args.experiment.name}_tta{v}")

@@ -25,7 +25,6 @@ same ids in the same order. An existing folder is replaced only when it is a ble
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from pathlib import Path
@@ -33,13 +32,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
-from scipy.stats import rankdata
 
 from .config import plain_name
-from .cv import aligned, fold_ranks, fold_report, read_experiment
-from .cli import guarded
 from .errors import ConfigError, DataError, ExperimentError
-from .tables import few, parse_csv_as_text
+from .oof import Layout, aligned, layout_of, read_both_classes
+from .oof import table as oof_table, write as write_oof
+from .stats import auc, fold_aucs, fold_ranks, weighted_auc
+from .tables import check_submission, few, parse_csv_as_text
 
 METHODS = ("mean", "rank", "fit")
 GRID_STEPS = 20  # weights on a 0.05 grid: exhaustive for 2-3 members (21 or 231 candidates)
@@ -83,32 +82,22 @@ def check_output(out: Path, members: list[Path]) -> None:
                                   f"use another --name or --output-dir")
 
 
-def align(oofs: list[pd.DataFrame], members: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The rows (group column, fold, target, in the first member's order) and one column of
-    predictions per member, both indexed by id; members on other rows, folds, targets or groups are
-    refused (cv.aligned, as for a comparison)."""
+def align(oofs: list[pd.DataFrame], members: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, Layout]:
+    """The rows (group, fold, target, in the first member's order) and one column of predictions per
+    member, both indexed by id, and the blend's OOF layout: the first member's id, the members' group
+    column. Members on other rows, folds, targets or groups are refused (oof.aligned, as for a
+    comparison)."""
     frame = aligned(oofs, members)
-    group = frame.attrs["group_col"]
-    base = pd.DataFrame({**({group: frame["group"].to_numpy()} if group else {}),
-                         "fold": frame["fold"].to_numpy(), "target": frame["target"].to_numpy()},
-                        index=pd.Index(frame["id"].to_numpy(), name=oofs[0].columns[0]))
+    layout = Layout(layout_of(oofs[0]).id, frame.attrs["group_col"])
+    base = pd.DataFrame({"group": frame["group"].to_numpy(), "fold": frame["fold"].to_numpy(),
+                         "target": frame["target"].to_numpy()}, index=pd.Index(frame["id"].to_numpy(), name=layout.id))
     preds = pd.DataFrame({str(m): frame[f"pred:{k}"].to_numpy() for k, m in enumerate(members)}, index=base.index)
-    return base, preds
+    return base, preds, layout
 
 
 def fold_ranks_of(preds: pd.DataFrame, fold: pd.Series) -> pd.DataFrame:
     """Each member's predictions ranked within each fold: each fold is scored by a different model."""
     return preds.apply(lambda c: fold_ranks(c.to_numpy(), fold.to_numpy()))
-
-
-def auc(target: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC from ranks (same value as sklearn's, ties counted half); fast enough to call for
-    every candidate weight vector. NaN with a single class."""
-    pos = target == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    return float((rankdata(score)[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def simplex_grid(m: int, steps: int = GRID_STEPS) -> np.ndarray:
@@ -127,21 +116,25 @@ def fit_weights(ranks: pd.DataFrame, target: pd.Series) -> np.ndarray:
     x, y = ranks.to_numpy(np.float64), target.to_numpy()
     m = x.shape[1]
     equal = np.full(m, 1.0 / m)
-    if np.isnan(auc(y, x @ equal)):  # a single class: nothing to fit
+
+    def score(w: np.ndarray) -> float:  # the exact AUC: fast, and equal AUCs compare equal
+        return float(weighted_auc(x @ w, y)[0])
+
+    if np.isnan(score(equal)):  # a single class: nothing to fit
         return equal
     if m <= GRID_MAX_MEMBERS:
         candidates = np.vstack([equal, simplex_grid(m)])
-        scores = np.array([auc(y, x @ w) for w in candidates])
+        scores = np.array([score(w) for w in candidates])
         distance = np.linalg.norm(candidates - equal, axis=1)
         best = np.lexsort((distance, -scores))[0]
         return candidates[best]
     # too many members for a grid: Nelder-Mead on a softmax parametrisation, from equal weights
     start = np.zeros(m)
     simplex = np.vstack([start, 2.0 * np.eye(m)])
-    res = minimize(lambda z: -auc(y, x @ softmax(z)), start, method="Nelder-Mead",
+    res = minimize(lambda z: -score(softmax(z)), start, method="Nelder-Mead",
                    options={"initial_simplex": simplex, "maxiter": 200 * m, "xatol": 1e-3, "fatol": 1e-7})
     w = softmax(res.x)
-    return w if auc(y, x @ w) > auc(y, x @ equal) else equal
+    return w if score(w) > score(equal) else equal
 
 
 def blend_oof(preds: pd.DataFrame, fold: pd.Series, target: pd.Series,
@@ -170,23 +163,8 @@ def blend_oof(preds: pd.DataFrame, fold: pd.Series, target: pd.Series,
 
 
 def read_submission(path: Path) -> pd.DataFrame:
-    """id (text, as written) and one finite prediction column."""
-    sub = parse_csv_as_text(path)
-    if sub.shape[1] != 2:
-        raise DataError(f"{path}: expected 2 columns, the id then the prediction (has: {', '.join(sub.columns)})")
-    if sub.empty:
-        raise DataError(f"{path}: no rows")
-    id_col, col = sub.columns
-    ids = sub[id_col]
-    if ids.isna().any() or ids.duplicated().any():
-        raise DataError(f"{path}: column '{id_col}' has blank or duplicate ids: "
-                        f"{few(ids[ids.isna() | ids.duplicated()].fillna('blank').unique())}")
-    pred = pd.to_numeric(sub[col], errors="coerce").astype("float64")
-    bad = ~np.isfinite(pred)
-    if bad.any():
-        shown = ("'" + sub[col] + "'").fillna("blank") + " at " + ids
-        raise DataError(f"{path}: column '{col}' must be a finite number; found {few(shown[bad])}")
-    return pd.DataFrame({id_col: ids, col: pred.to_numpy()})
+    """id (text, as written) and one finite prediction column (tables.check_submission)."""
+    return check_submission(parse_csv_as_text(path), path=path, probabilities=False)
 
 
 def check_same_ids(a: pd.DataFrame, b: pd.DataFrame, a_path: Path, b_path: Path) -> None:
@@ -227,7 +205,9 @@ def blend_submission(subs: list[pd.DataFrame], method: str, weights: np.ndarray)
 
 
 def pooled_auc(oof: pd.DataFrame) -> tuple[float, float]:
-    return auc(oof["target"].to_numpy(), oof["pred"].to_numpy()), float(fold_report(oof)["auc"].mean())
+    """The pooled AUC and the mean of the fold AUCs, as pipeline.cv reports them."""
+    target, pred = oof["target"].to_numpy(), oof["pred"].to_numpy()
+    return auc(target, pred), float(pd.Series(fold_aucs(target, pred, oof["fold"].to_numpy())).mean())
 
 
 def write_blend(out: Path, info: dict, oof: pd.DataFrame, sub: pd.DataFrame | None) -> None:
@@ -235,7 +215,7 @@ def write_blend(out: Path, info: dict, oof: pd.DataFrame, sub: pd.DataFrame | No
     out.mkdir(parents=True, exist_ok=True)
     # blend.json first: a folder interrupted half-way is still recognised as a blend and replaced
     write_json(out / "blend.json", info)
-    write_csv(out / "oof.csv", oof)
+    write_oof(out / "oof.csv", oof)
     if sub is not None:
         write_csv(out / "submission.csv", sub)
     else:  # the replaced blend's submission would not match this blend
@@ -252,11 +232,12 @@ def blend(members: list[str | Path], name: str, method: str = "rank", output_dir
     check_members(members)
     out = Path(output_dir if output_dir is not None else default_output_dir(members[0])) / name
     check_output(out, members)
-    oofs = [read_experiment(m) for m in members]  # both classes; align checks the ids
-    base, preds = align(oofs, members)
+    oofs = [read_both_classes(m) for m in members]  # align checks the ids
+    base, preds, layout = align(oofs, members)
     subs, why_not = read_submissions(members)  # before writing: a bad submission must leave nothing half-done
     pred, weights, per_fold = blend_oof(preds, base["fold"], base["target"], method)
-    oof = base.assign(pred=pred.to_numpy()).reset_index()  # id, group, fold, target, pred: a member's layout
+    oof = oof_table(layout, base.index, base["group"] if layout.group else None, base["fold"], base["target"],
+                    pred.to_numpy())
     sub = blend_submission(subs, method, weights) if subs is not None else None
     info = {"members": [str(m) for m in members], "resolved": [str(m.resolve()) for m in members],
             "method": method, "transform": "probability" if method == "mean" else "rank",
@@ -282,19 +263,6 @@ def print_scores(members: list[Path], oofs: list[pd.DataFrame], out: Path, metho
         print(f"{label:{width}}  {w:>6}  {pooled:14.4f}  {mean:13.4f}")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Blend the OOF predictions and submissions of experiments.")
-    parser.add_argument("members", nargs="+", help="experiment folders, e.g. oof/a oof/b")
-    parser.add_argument("--name", required=True, help="the blend's folder name, e.g. ab_rank")
-    parser.add_argument("--method", choices=METHODS, default="rank", help="how to combine (default: rank)")
-    parser.add_argument("--output-dir", help="where the blend folder goes (default: beside the first member)")
-    args = parser.parse_args(argv)
-
-    def run():
-        blend(args.members, args.name, args.method, args.output_dir)
-
-    return guarded(run)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.cli import blend_main
+    sys.exit(blend_main())

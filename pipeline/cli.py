@@ -1,11 +1,15 @@
-"""Command-line entry points shared by train.py and infer.py: options, then section.key=value overrides."""
+"""Command-line entry points: train.py, infer.py, ``python -m pipeline.cv``, ``python -m pipeline.blend``
+and ``python -m pipeline.sample`` each call one function here. Options, then section.key=value
+overrides. Process-wide settings (malloc tuning, OpenCV threads, deterministic algorithms) are made
+here, before the work starts, never as a side effect of an import.
+"""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from . import config as C
+from .errors import Interrupted, guarded
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -17,10 +21,6 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def load(args) -> C.Config:
-    return C.load_config(args.config, args.overrides)
-
-
 def parse_ints(text: str | None, option: str = "--folds") -> list[int] | None:
     if not text:
         return None
@@ -30,21 +30,8 @@ def parse_ints(text: str | None, option: str = "--folds") -> list[int] | None:
         raise C.ConfigError(f"{option} expects comma-separated integers such as 0,2, got {text!r}") from None
 
 
-def guarded(main) -> int:
-    """``main()``'s exit code, with the pipeline's own errors (wrong input: pipeline.errors) turned
-    into one line on stderr and exit code 2. Any other exception is a bug: its traceback is shown."""
-    from .errors import PipelineError
-    try:
-        return main() or 0
-    except PipelineError as e:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
 def run(main) -> None:
     """Exit with ``guarded(main)``'s code; Ctrl-C exits 130."""
-    from .errors import Interrupted
     try:
         sys.exit(guarded(main))
     except (Interrupted, KeyboardInterrupt):
@@ -52,39 +39,115 @@ def run(main) -> None:
         sys.exit(130)
 
 
+def tune_process(cfg: C.Config | None = None) -> None:
+    """The process-wide switches of a command that trains or predicts."""
+    from .engine import tune_process as tune
+    tune()
+    if cfg is not None and cfg.train.deterministic:
+        import torch
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def train_main(argv=None):
     p = parser("Train the folds of an experiment: OOF predictions, CV report (and, when all folds are "
                "done, nothing else to run but infer.py).")
-    p.add_argument("--folds", help="comma-separated folds to train, e.g. 0,2 (default: all)")
+    p.add_argument("--folds", help="comma-separated folds to train, e.g. 0,2: the same as train.folds=[0,2] "
+                                   "(default: all)")
     p.add_argument("--force", action="store_true", help="retrain finished folds / overwrite a different experiment")
     p.add_argument("--seeds", help="comma-separated training seeds, e.g. 1,2,3: one experiment each, named "
                                    "<name>_seed<k>, then compared (the seed-to-seed noise, measured)")
     args = p.parse_intermixed_args(argv)
-    cfg = load(args)
     folds, seeds = parse_ints(args.folds), parse_ints(args.seeds, "--seeds")
+    cfg = C.load_config(args.config, args.overrides + ([f"train.folds={folds}"] if folds else []))
     runs = [C.with_overrides(C.from_dict(C.to_dict(cfg)), [f"train.seed={s}", f"name={cfg.name}_seed{s}"])
             for s in seeds] if seeds else [cfg]
     from . import distributed
     from .cv import compare, report
     from .trainer import train
+    tune_process(cfg)
     dist = distributed.init()  # torchrun: join its process group
     try:
-        oofs = [train(run, folds, force=args.force, dist=dist) for run in runs]
+        oofs = [train(r, force=args.force, dist=dist) for r in runs]
     finally:
         distributed.shutdown(dist)
-    for run, oof in zip(runs, oofs):
+    for r, oof in zip(runs, oofs):
         if not oof.empty:
-            report(run.exp_dir)
+            report(r.exp_dir)
     if len(runs) > 1 and all(not oof.empty for oof in oofs):
-        compare([run.exp_dir for run in runs], plot=False)
+        compare([r.exp_dir for r in runs], plot=False)
 
 
 def infer_main(argv=None):
     p = parser("Predict the test set with every trained fold of an experiment and write submission.csv.")
-    p.add_argument("--allow-missing-folds", action="store_true", help="use the folds that exist")
+    p.add_argument("--allow-missing-folds", action="store_true", help="use the folds that exist: the same as "
+                   "infer.allow_missing_folds=true")
     args = p.parse_intermixed_args(argv)
-    cfg = load(args)
+    flag = ["infer.allow_missing_folds=true"] if args.allow_missing_folds else []
+    cfg = C.load_config(args.config, args.overrides + flag)
     from .infer import make_submission
+    tune_process()
     # data.* overrides also redirect the trained experiment's test set (its saved config holds the rest)
-    make_submission(cfg, allow_missing_folds=args.allow_missing_folds or None,
-                    data_overrides=[o for o in args.overrides if o.strip().startswith("data.")])
+    make_submission(cfg, data_overrides=[o for o in args.overrides if o.strip().startswith("data.")])
+
+
+def cv_main(argv=None) -> int:
+    """``python -m pipeline.cv``: the CV report of one experiment, or a comparison of several."""
+    from pathlib import Path
+    p = argparse.ArgumentParser(
+        description="CV report of an experiment's OOF predictions, or a comparison of several experiments "
+                    "trained on the same rows and folds.")
+    p.add_argument("exp_dirs", nargs="+", metavar="exp_dir", help="experiment folder(s), e.g. oof/sample")
+    p.add_argument("--baseline", help="folder name or path of one of the experiments: paired differences to it")
+    p.add_argument("--no-plot", action="store_true", help="skip the pictures and report.html (tables only)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap replicates of the patients (default 1000; 0: no intervals)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument("--out", help="folder for compare.csv, the pictures and report.html "
+                                 "(default <parent of the first experiment>/compare/<a>+<b>...)")
+    args = p.parse_args(argv)
+    if args.bootstrap < 0 or args.seed < 0:
+        p.error("--bootstrap and --seed must be >= 0")
+    # `oof/*` also names the comparisons' default output folder, oof/compare: not an experiment
+    outputs = [d for d in args.exp_dirs if Path(d).name == "compare" and not (Path(d) / "oof.csv").exists()]
+    exp_dirs = [d for d in args.exp_dirs if d not in outputs] if len(outputs) < len(args.exp_dirs) else args.exp_dirs
+    if len(exp_dirs) < len(args.exp_dirs):
+        print(f"skipping {', '.join(outputs)}: the output folder of comparisons, not an experiment")
+
+    def run():
+        from .cv import compare
+        compare(exp_dirs, args.baseline, plot=not args.no_plot, n_boot=args.bootstrap, seed=args.seed, out=args.out)
+
+    return guarded(run)
+
+
+def blend_main(argv=None) -> int:
+    """``python -m pipeline.blend``: blend the OOF predictions and submissions of experiments."""
+    from .blend import METHODS, blend
+    p = argparse.ArgumentParser(description="Blend the OOF predictions and submissions of experiments.")
+    p.add_argument("members", nargs="+", help="experiment folders, e.g. oof/a oof/b")
+    p.add_argument("--name", required=True, help="the blend's folder name, e.g. ab_rank")
+    p.add_argument("--method", choices=METHODS, default="rank", help="how to combine (default: rank)")
+    p.add_argument("--output-dir", help="where the blend folder goes (default: beside the first member)")
+    args = p.parse_args(argv)
+
+    def run():
+        blend(args.members, args.name, args.method, args.output_dir)
+
+    return guarded(run)
+
+
+def sample_main(argv=None) -> None:
+    """``python -m pipeline.sample DIR``: write the synthetic demo data (not real) into DIR."""
+    import time
+    from pathlib import Path
+    from .sample import generate_sample
+    p = argparse.ArgumentParser(description="Generate synthetic demo data (not real).")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train-patients", type=int, default=80)
+    p.add_argument("--n-test-patients", type=int, default=20)
+    p.add_argument("--image-size", type=int, default=128)
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    generate_sample(args.out_dir, args.n_train_patients, args.n_test_patients, args.image_size, args.seed)
+    print(f"wrote synthetic sample to {args.out_dir} in {time.perf_counter() - start:.1f} s")

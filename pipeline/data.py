@@ -19,21 +19,12 @@ from typing import NamedTuple
 import albumentations as A
 import cv2
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from .io import atomic_write, write_json
-
-
-def read_table(path: Path, id_col: str) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={id_col: "string"})
-
-
-def image_paths(ids, folder: Path, ext: str) -> list[Path]:
-    return [folder / f"{i}{ext}" for i in ids]
 
 
 def decode(path: Path, size: int) -> np.ndarray:
@@ -82,7 +73,8 @@ def build_cache(paths: list[Path], size: int, cache_dir: Path, desc: str = "cach
     cache_dir = Path(cache_dir)
     target = cache_dir / f"{desc}_{size}px_{cache_key(paths, size)}.npy"
     info_path = target.with_suffix(".json")
-    if not (target.exists() and info_path.exists()):  # a cache of an earlier version has no .json: rebuilt
+    # The .json is written after the array: an array without it is from a build that stopped in between.
+    if not (target.exists() and info_path.exists()):
         info = {"bad": {}, "digests": [""] * len(paths)}
 
         def write(tmp: Path):
@@ -119,10 +111,8 @@ FLIPS = [np.array(m, float) for m in ([[-1, 0, 1], [0, 1, 0], [0, 0, 1]],  # hor
 class FusedAugment:
     """The default training augmentation: a random flip/transpose, rotation and scale warped in one
     cv2.warpAffine, then brightness, contrast, saturation and hue jitter applied as one 3x4 colour
-    matrix (cv2.transform, saturating to uint8). The same operations as ``AlbumentationsAugment`` in
-    less than half the time (0.15 vs 0.40 ms per 128 px image on a 2-core CPU): albumentations'
-    per-transform overhead alone cost 1.5% of a training step there (benchmarks/README.md).
-    Images are square (the cache's)."""
+    matrix (cv2.transform, saturating to uint8). The same operations as ``AlbumentationsAugment``
+    without its per-transform overhead (timings in benchmarks/README.md). Images are square (the cache's)."""
 
     def __init__(self, scale: float, color: float, p_affine: float = 0.7, p_color: float = 0.7):
         self.scale, self.color, self.p_affine, self.p_color = scale, color, p_affine, p_color

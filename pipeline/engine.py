@@ -9,6 +9,10 @@ import contextlib
 import ctypes
 import functools
 import itertools
+import os
+import resource
+import signal
+import sys
 from dataclasses import dataclass
 
 import cv2
@@ -39,9 +43,8 @@ class Runtime:
 def keep_freed_memory(limit: int = 1 << 30) -> bool:
     """Tell glibc's malloc to keep freed blocks up to ``limit`` bytes for reuse rather than hand them
     back to the OS: by default every large tensor (activations, gradients) is a fresh mmap, and each
-    training step page-faults its memory in again. On a 2-core CPU this made the training step of
-    tf_efficientnet_lite0 about 15% faster, with 10x fewer page faults (benchmarks/README.md); the
-    cost is that resident memory stays at its peak. Linux with glibc only; elsewhere nothing."""
+    training step page-faults its memory in again (measured in benchmarks/README.md). The cost is
+    that resident memory stays at its peak. Linux with glibc only; elsewhere nothing."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
@@ -52,18 +55,16 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
 
 @functools.cache
 def tune_process() -> None:
-    """Process-wide settings for the loop, made once: glibc keeps freed memory, and OpenCV runs on
-    one thread. OpenCV's thread pool (the augmentation's warps) spins waiting for work after each
-    call, on the cores torch's threads need for the step that follows: with 2 OpenCV threads a
-    training step ran 5-10% slower on a 2-core CPU, with 1 (the augmentation itself 1 ms slower per
-    batch) it did not (benchmarks/README.md)."""
+    """Process-wide settings for the loop, made once by the entry points (train, infer, the
+    benchmarks), never on import: glibc keeps freed memory, and OpenCV runs on one thread. OpenCV's
+    thread pool (the augmentation's warps) spins waiting for work after each call, on the cores
+    torch's threads need for the step that follows (benchmarks/README.md)."""
     keep_freed_memory()
     cv2.setNumThreads(1)
 
 
 def make_runtime(model: torch.nn.Module, amp: bool, cpu_bf16: bool, channels_last: bool,
                  device: torch.device | None = None, progress: bool = True) -> Runtime:
-    tune_process()
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp else None
@@ -168,8 +169,7 @@ def tta_views(images: torch.Tensor, n: int) -> list[torch.Tensor]:
 def predict(model, loader, rt: Runtime, tta: int = 1, desc: str = "predict") -> np.ndarray:
     """Probabilities averaged over ``tta`` views. A forward takes at most one loader batch of images
     (``infer.batch_size``): the views of a batch go through in turn, so that memory does not grow
-    with ``tta`` (8 views of 64 images in one forward held 5.9 GB at 128 px, and glibc keeps what
-    was freed: engine.keep_freed_memory)."""
+    with ``tta`` (and glibc keeps what was freed: engine.keep_freed_memory)."""
     model.eval()
     out = []
     for images, meta, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not rt.progress):
@@ -180,3 +180,39 @@ def predict(model, loader, rt: Runtime, tta: int = 1, desc: str = "predict") -> 
             total = total + torch.sigmoid(forward(model, x, meta, rt))
         out.append((total / tta).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+class StopFlag:
+    """Ctrl-C sets a flag; the loop stops between steps and the caller says how to resume."""
+
+    def __init__(self):
+        self.stop = False
+
+    def __call__(self) -> bool:
+        return self.stop
+
+    @contextlib.contextmanager
+    def installed(self):
+        owner = os.getpid()
+
+        def handler(signum, frame):
+            if os.getpid() != owner:  # a forked data-loader worker: the main process decides
+                return
+            if self.stop:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.stop = True
+            print("\ninterrupt: stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+        try:
+            old = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident memory so far (Linux: kilobytes in ru_maxrss)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)

@@ -4,6 +4,8 @@ code 2; any other exception is a bug and keeps its traceback.
 
 Kept free of heavy imports so the command line can report them without loading torch.
 """
+import os
+import sys
 
 
 class PipelineError(Exception):
@@ -32,3 +34,14 @@ class CheckpointError(PipelineError):
 
 class Interrupted(Exception):
     """Training was stopped by Ctrl-C between two steps; the same command resumes it."""
+
+
+def guarded(main) -> int:
+    """``main()``'s exit code, with the pipeline's own errors turned into one line on stderr and exit
+    code 2. Any other exception is a bug: its traceback is shown."""
+    try:
+        return main() or 0
+    except PipelineError as e:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+            print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -16,13 +16,18 @@
 A run on an existing experiment must bring the same config and the same data (compared with
 config.yaml, data.csv and features.json); otherwise it is refused before anything is written,
 with what changed. The files above are written once, by the first run, and never rewritten.
+
+The folder's life, as ``trainer.train`` goes through it (``Run``): claim the folds (their locks),
+open (check the run against the folder, delete what ``--force`` replaces, record config, data,
+features and environment), then as each fold finishes release its lock and assemble oof.csv.
 """
 from __future__ import annotations
 
 import json
-import math
+import platform
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,10 +35,12 @@ import pandas as pd
 import yaml
 
 from . import config as C
+from . import oof as oof_table
 from .errors import ExperimentError
 from .io import write_csv, write_json, write_text
 from .lock import Lock
-from .tables import few, parse_csv_as_text
+from .record import changed_data_error, data_changes, training_record
+from .tables import few
 
 # Keys that change where or how a run is executed, not its results: they may differ on resume.
 # Where the data and the fold table lie does not matter either: their content is compared (data.csv).
@@ -44,15 +51,14 @@ RUN_ONLY_KEYS = {"name", "output_dir", "train.folds", "train.num_workers", "trai
 # deletes nothing else. Hidden ".<name>.tmp<pid>" files are atomic writes in progress or left by a kill.
 OWNED_FILES = re.compile(r"(config\.yaml|env\.json|features\.json|data\.csv|folds\.csv|oof\.csv|roc\.png|"
                          r"submission\.csv|.*\.lock|.*\.lock\.stale\..*|\..*\.tmp\d*)")
-OWNED_IN_FOLD = re.compile(r"(best\.pt|last\.pt|last\.prev\.pt|.*\.corrupt|log\.csv|val_predictions\.csv|oof\.csv|"
+OWNED_IN_FOLD = re.compile(r"(best\.pt|last\.pt|last\.prev\.pt|.*\.corrupt|log\.csv|val_predictions\.csv|"
                            r"\..*\.tmp\d*)")
 
 
-def fold_predictions(fold_dir: Path) -> Path:
-    """A finished fold's predictions of its validation rows (``oof.csv`` in folders of earlier
-    versions): the experiment's oof.csv is assembled from these."""
-    legacy = fold_dir / "oof.csv"
-    return legacy if legacy.exists() else fold_dir / "val_predictions.csv"
+def val_predictions_path(fold_dir: Path) -> Path:
+    """Where a finished fold's predictions of its validation rows lie; the experiment's oof.csv is
+    assembled from these, and a fold that has one is done."""
+    return fold_dir / "val_predictions.csv"
 
 
 def _result_keys(d: dict, prefix: str = "") -> dict:
@@ -118,83 +124,6 @@ def check_config(cfg: C.Config, force: bool) -> list[str]:
     return diff
 
 
-def training_record(df: pd.DataFrame, cfg: C.Config, digests: list[str]) -> pd.DataFrame:
-    """What a model is trained on, one row per training image, every value as text: the id, fold
-    (-1: external, training only), target, group, each configured feature column as read, and the
-    image file's content hash."""
-    d = cfg.data
-    cols = [d.id_col, "fold", d.target_col] + ([d.group_col] if d.group_col else [])
-    cols += [c for c in [*cfg.features.categorical, *cfg.features.numeric] if c not in cols]
-    rec = df[cols].astype("string")
-    rec["image_sha"] = pd.array([digests[i] for i in df["cache_row"]], dtype="string")
-    return rec.reset_index(drop=True)
-
-
-def record_changes(saved: pd.DataFrame, now: pd.DataFrame) -> list[str]:
-    """What differs between two training records, in words: rows added or removed, columns whose
-    values changed (with examples), images whose files changed, folds reassigned."""
-    id_col = now.columns[0]
-    if list(saved.columns) != list(now.columns):
-        return [f"columns {list(saved.columns)} -> {list(now.columns)}"]
-    a, b = saved.set_index(id_col), now.set_index(id_col)
-    out = []
-    gone, new = a.index.difference(b.index, sort=False), b.index.difference(a.index, sort=False)
-    if len(new):
-        out.append(f"{len(new)} training row(s) added: {few(new, 3)}")
-    if len(gone):
-        out.append(f"{len(gone)} training row(s) removed: {few(gone, 3)}")
-    common = a.index.intersection(b.index, sort=False)
-    a, b = a.loc[common], b.loc[common]
-    for col in a.columns:
-        x, y = a[col].fillna("<missing>"), b[col].fillna("<missing>")
-        changed = x.index[(x != y).to_numpy()]
-        if not len(changed):
-            continue
-        shown = few([f"{i} ({x[i]} -> {y[i]})" for i in changed[:3]] + list(changed[3:]), 3)
-        if col == "image_sha":
-            out.append(f"{len(changed)} image file(s) changed: {few(changed, 3)}")
-        elif col == "fold":
-            out.append(f"the fold of {len(changed)} row(s) changed: {shown}")
-        else:
-            out.append(f"column '{col}' changed in {len(changed)} row(s): {shown}")
-    return out
-
-
-def read_record(path: Path) -> pd.DataFrame:
-    return parse_csv_as_text(path)
-
-
-def _same(a, b) -> bool:
-    """JSON values equal, numbers up to float rounding (a reordered table sums in another order)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, float) and isinstance(b, (int, float)):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
-
-
-def data_changes(exp: Path, record: pd.DataFrame, features: dict) -> list[str]:
-    """How the data of this run differs from what ``exp`` was trained on ([] when the same, or when
-    nothing was recorded yet). The fitted features follow from the record, except with
-    features.fit_on=train+test, where the test table counts too."""
-    out = []
-    if (exp / "data.csv").is_file():
-        out += record_changes(read_record(exp / "data.csv"), record)
-    saved = exp / "features.json"
-    if not out and saved.is_file() and not _same(json.loads(saved.read_text()), json.loads(json.dumps(features))):
-        out.append("the fitted meta-feature transform differs (with features.fit_on=train+test: the test table "
-                   "changed)")
-    return out
-
-
-def changed_data_error(exp: Path, changes: list[str]) -> ExperimentError:
-    return ExperimentError(f"{exp} was trained on other data: {'; '.join(changes[:4])}"
-                           f"{f'; and {len(changes) - 4} more' if len(changes) > 4 else ''}; use a new name "
-                           f"(name=...) or --force to delete its results and train again")
-
-
 def write_record(exp: Path, cfg: C.Config, record: pd.DataFrame, features: dict) -> None:
     """The experiment's description, each file written once (a run that gets here brings the same
     config and data as the files already there)."""
@@ -237,16 +166,15 @@ def delete_fold(exp: Path, fold: int) -> None:
     shutil.rmtree(d)
 
 
-def collect_oof(exp: Path, id_cols: tuple = (), record: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every finished fold's OOF rows, each id at most once and, when ``record`` (the experiment's
-    training record) is given, in the fold that its fold table says. Id and group columns stay text
-    (ids such as 00012 keep their zeros)."""
-    paths = [fold_predictions(d) for d in sorted(exp.glob("fold*")) if d.is_dir()]
-    parts = [pd.read_csv(p, dtype={c: "string" for c in id_cols if c}) for p in paths if p.exists()]
+def collect_oof(exp: Path, record: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every finished fold's OOF rows (pipeline/oof.py), each id at most once and, when ``record``
+    (the experiment's training record) is given, in the fold that its fold table says."""
+    paths = [val_predictions_path(d) for d in sorted(exp.glob("fold*")) if d.is_dir()]
+    parts = [oof_table.read(p) for p in paths if p.exists()]
     if not parts:
         return pd.DataFrame()
     oof = pd.concat(parts, ignore_index=True)
-    ids = oof[oof.columns[0]]
+    ids = oof[oof_table.layout_of(parts[0]).id]
     dup = ids[ids.duplicated()]
     if len(dup):
         raise ExperimentError(f"{exp}: ids predicted by more than one fold: {few(dup.unique())}; its folds were "
@@ -269,3 +197,135 @@ def experiment_lock(exp: Path) -> Lock:
     """Held for the short steps that several processes of one experiment share: checking and
     writing its description, assembling oof.csv."""
     return Lock(exp / "experiment.lock", f"{exp}")
+
+
+def _git(*args: str) -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def environment(cfg: C.Config) -> dict:
+    """Package versions, device, seed and git commit of this run (env.json)."""
+    import albumentations, numpy, sklearn, timm, torch  # noqa: E401 - versions only
+    cuda = torch.cuda.is_available()
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "albumentations": albumentations.__version__, "pandas": pd.__version__, "numpy": numpy.__version__,
+            "scikit-learn": sklearn.__version__, "device": "cuda" if cuda else "cpu",
+            "gpu": torch.cuda.get_device_name() if cuda else None, "platform": platform.platform(),
+            "cpu_threads": torch.get_num_threads(), "seed": cfg.train.seed, "git_commit": _git("rev-parse", "HEAD"),
+            "git_dirty": bool(_git("status", "--porcelain"))}
+
+
+def record_environment(path: Path, env: dict) -> None:
+    """Write env.json. A resumed run on another machine, package set or commit keeps the earlier
+    environments under 'earlier' (folds trained there may not be bit-identical) and warns."""
+    earlier = []
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        old = None
+    if isinstance(old, dict):
+        earlier = old.pop("earlier", [])
+        changed = [k for k in env if old.get(k) != env[k]]
+        if changed:
+            print(f"warning: the environment changed since {path} was written ({', '.join(changed)}); "
+                  f"the earlier one is kept in it", file=sys.stderr)
+            earlier.append(old)
+    write_json(path, {**env, **({"earlier": earlier} if earlier else {})})
+
+
+class Run:
+    """One training command's hold on an experiment folder: the locks of the folds it trains, the
+    topmost folder it created (removed again if it fails before writing anything), and the
+    training record it checked the folder against."""
+
+    def __init__(self, cfg: C.Config, locks: dict, created: Path | None):
+        self.cfg, self.exp, self.locks, self.created, self.record = cfg, cfg.exp_dir, locks, created, None
+
+    @classmethod
+    def claim(cls, cfg: C.Config, folds: list[int], force: bool) -> "Run":
+        """Before the data is read: the folder is one of ours (or new), and no other process trains
+        any of ``folds`` (their locks are taken, all at once or none)."""
+        exp = cfg.exp_dir
+        check_config(cfg, force)  # read-only: a wrong name or another config fails at once
+        created = next((p for p in [*reversed(exp.parents), exp] if not p.exists()), None)
+        try:
+            exp.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # output_dir is a file, read-only, ...
+            raise ExperimentError(f"{exp}: cannot create the experiment folder ({e.strerror})") from None
+        run = cls(cfg, {}, created)
+        try:
+            for k in folds:
+                run.locks[k] = fold_lock(exp, k).acquire()
+        except BaseException:
+            run.release()
+            raise
+        return run
+
+    def open(self, data, force: bool) -> None:
+        """Check this run against the folder (config, data, fold table, fitted features) and write
+        its description where it is new; with ``force``, first delete what this run replaces (and
+        reassemble oof.csv from what is left). Under the experiment lock: another process may be
+        opening the same experiment."""
+        cfg, exp = self.cfg, self.exp
+        self.record = training_record(data.df, cfg, data.digests)
+        features = data.transform.to_dict()
+        with experiment_lock(exp).acquire_wait():
+            changed = check_config(cfg, force)  # again: another process may have started it meanwhile
+            changes = [f"config: {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}"] if changed else []
+            changes = changes or data_changes(exp, self.record, features)
+            if changes and not force:
+                raise changed_data_error(exp, changes)
+            if changes:
+                self._delete_all(f"results of other {'data' if not changed else 'settings'}: {'; '.join(changes)}")
+            elif force:
+                for k in self.locks:
+                    delete_fold(exp, k)
+            write_record(exp, cfg, self.record, features)
+            record_environment(exp / "env.json", environment(cfg))
+        if force:
+            self.assemble_oof()
+
+    def _delete_all(self, why: str) -> None:
+        """--force on other data or settings: everything goes; nobody may be training any fold then."""
+        others = [fold_lock(self.exp, k).acquire() for k in range(self.cfg.folds.n_folds) if k not in self.locks]
+        try:
+            keep = {lock.path.name for lock in [*self.locks.values(), *others]} | {"experiment.lock"}
+            delete_results(self.exp, keep, why)
+        finally:
+            for o in others:
+                o.release()
+
+    def assemble_oof(self) -> pd.DataFrame:
+        """<exp>/oof.csv from the finished folds (several processes may finish folds of one experiment)."""
+        with experiment_lock(self.exp).acquire_wait():
+            oof = collect_oof(self.exp, self.record)
+            if oof.empty:
+                (self.exp / "oof.csv").unlink(missing_ok=True)
+            else:
+                oof_table.write(self.exp / "oof.csv", oof)
+        return oof
+
+    def fold_done(self, k: int) -> pd.DataFrame:
+        """Fold ``k`` is finished (or was already): its lock goes, oof.csv takes its rows."""
+        self.locks.pop(k).release()
+        return self.assemble_oof()
+
+    def release(self, wrote: bool = False) -> None:
+        """Release the fold locks still held; a run that wrote nothing removes the folders it
+        created (if empty: another process may have started the experiment meanwhile)."""
+        for lock in self.locks.values():
+            lock.release()
+        self.locks = {}
+        if wrote or self.created is None:
+            return
+        for folder in [self.exp, *self.exp.parents]:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            if folder == self.created:
+                break

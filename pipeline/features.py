@@ -52,8 +52,7 @@ class MetaTransform:
         self.file_size = file_size
         self.group_context = group_context
         self.levels: dict[str, list[str]] = {}
-        # numeric column -> [mean, std, lo, hi]; lo/hi are None for "no bound" (JSON has no
-        # infinity); transforms saved before the bounds existed hold [mean, std]
+        # numeric column -> [mean, std, lo, hi]; lo/hi are None for "no bound" (JSON has no infinity)
         self.stats: dict[str, list] = {}
 
     @classmethod
@@ -85,8 +84,8 @@ class MetaTransform:
         return self
 
     def limits(self, col: str) -> tuple[float, float]:
-        """Bounds of a numeric column, infinite where there are none (None, or an old [mean, std])."""
-        lo, hi = self.stats[col][2:] or [None, None]
+        """Bounds of a numeric column, infinite where there are none (None)."""
+        lo, hi = self.stats[col][2:]
         return -np.inf if lo is None else lo, np.inf if hi is None else hi
 
     def number(self, df: pd.DataFrame, col: str) -> pd.Series:

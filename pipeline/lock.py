@@ -18,6 +18,7 @@ What it relies on:
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
 import socket
@@ -98,8 +99,12 @@ def _forget_in_child() -> None:
     _held.clear()
 
 
-atexit.register(_release_all)  # sys.exit paths; normal release is the caller's job
-os.register_at_fork(after_in_child=_forget_in_child)
+@functools.cache
+def _install_hooks() -> None:
+    """Made when this process takes its first lock, not on import: release at exit (sys.exit paths;
+    normal release is the caller's job), forget the parent's locks in a forked child."""
+    atexit.register(_release_all)
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class Lock:
@@ -206,6 +211,7 @@ class Lock:
 
     def _taken(self, content: bytes) -> Lock:
         global _heartbeat
+        _install_hooks()
         self._pid, self._content = os.getpid(), content
         _held.add(self)
         if _heartbeat is None or not _heartbeat.is_alive():  # not yet started, or lost in a fork

@@ -12,6 +12,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .io import load_checkpoint
+from .tables import few
 
 OFFLINE_BACKBONE = "tf_efficientnet_lite0"
 
@@ -38,7 +39,8 @@ def offline_lite0_state(backbone: nn.Module, keep_classifier: bool = False) -> d
 
 def create_backbone(name: str, pretrained: str, drop_path_rate: float = 0.0) -> nn.Module:
     """``pretrained``: auto (offline weights when they exist for ``name``, else none), offline, timm
-    (hub or local cache), none, or the path of a state dict for the backbone."""
+    (hub or local cache), none, or the path of a file of weights that fits the backbone: its state
+    dict, or a pipeline checkpoint such as best.pt (see ``file_state``)."""
     if pretrained == "auto":
         pretrained = "offline" if name == OFFLINE_BACKBONE else "none"
         if pretrained == "none":
@@ -59,12 +61,44 @@ def create_backbone(name: str, pretrained: str, drop_path_rate: float = 0.0) -> 
     if pretrained == "offline":
         model.load_state_dict(offline_lite0_state(model))
     elif pretrained not in ("timm", "none"):
-        state = load_checkpoint(pretrained)
-        state = {k: v for k, v in state.get("model", state).items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if len(missing) == len(model.state_dict()):
-            raise ConfigError(f"model.pretrained={pretrained}: no key matches the backbone {name}")
+        model.load_state_dict(file_state(pretrained, model, name), strict=False)  # checked to fit: all keys
     return model
+
+
+PIPELINE_PREFIX = "backbone."
+
+
+def file_state(path: str, backbone: nn.Module, name: str) -> dict:
+    """The weights for ``backbone`` in the file ``model.pretrained`` names: a state dict of the
+    backbone (timm's keys), or a pipeline model's (best.pt, last.pt: ``{"model": state}``, or an
+    ImageMetaNet's state dict) whose ``backbone.*`` keys are taken, the prefix stripped, and the
+    rest (meta MLP, head) left. The file must hold every key of the backbone, in its shape, and
+    nothing else (BatchNorm's ``num_batches_tracked`` counters may be absent): else a one-line
+    ConfigError naming the file and the first few missing, unexpected and misshapen keys."""
+    state = load_checkpoint(path)
+    if isinstance(state.get("model"), dict):
+        state = state["model"]
+    what = ""
+    if any(isinstance(k, str) and k.startswith(PIPELINE_PREFIX) for k in state):
+        state = {k[len(PIPELINE_PREFIX):]: v for k, v in state.items()
+                 if isinstance(k, str) and k.startswith(PIPELINE_PREFIX)}
+        what = f" (its {PIPELINE_PREFIX}* keys)"
+    own = backbone.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith(".num_batches_tracked")]
+    unexpected = [str(k) for k in state if k not in own]
+    misshapen = [f"{k} {_shape(v)} (backbone: {_shape(own[k])})" for k, v in state.items()
+                 if k in own and not (isinstance(v, torch.Tensor) and v.shape == own[k].shape)]
+    problems = [f"{label} key(s): {few(keys, 3)}" for label, keys in
+                (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen)) if keys]
+    if problems:
+        raise ConfigError(f"model.pretrained={path}{what}: does not fit the backbone {name}: " + "; ".join(problems))
+    return state
+
+
+def _shape(v) -> str:
+    if not isinstance(v, torch.Tensor):
+        return f"a {type(v).__name__}, not a tensor"
+    return "x".join(map(str, v.shape)) or "a scalar"
 
 
 def check_backbone(cfg) -> None:

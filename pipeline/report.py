@@ -1,6 +1,8 @@
-"""The pictures and the HTML page of a CV comparison; the numbers come from pipeline/cv.py.
+"""The pictures and the HTML page of a CV report or comparison; the numbers come from pipeline/cv.py
+and pipeline/stats.py.
 
     python -m pipeline.cv oof/a oof/b --baseline a    # -> oof/compare/a+b/report.html and five PNGs
+    python -m pipeline.cv oof/a                       # also oof/a/roc.png: each fold's ROC and the pooled one
 
 Drawn with matplotlib's object interface (``Figure``, never pyplot): no global backend or figure
 state is touched, so calling this from a notebook changes nothing there. report.html holds the
@@ -21,6 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
+
+from .stats import auc
 
 # tab10: an experiment keeps its colour in every picture
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -50,22 +54,43 @@ def _note(ax, text: str) -> None:
     ax.set_yticks([])
 
 
-def roc_figure(target: np.ndarray, preds: dict, table: pd.DataFrame) -> Figure:
-    inside = len(preds) <= 4  # below the diagonal while short enough to stay clear of the curves
-    fig = Figure(figsize=(6.4 + (0 if inside else legend_width(preds) + 2.2), 6), dpi=110, layout="constrained")
+def roc_figure(curves: list, title: str, inside: bool, legend_title: str | None = None) -> Figure:
+    """The one ROC drawer: ``curves`` holds (label, target, pred, line keywords) each, drawn over the
+    chance diagonal. The legend sits inside, below the diagonal, when ``inside``, else beside the axes
+    (which keep their size)."""
+    width = 0 if inside else legend_width([c[0] for c in curves] + [legend_title or ""]) + 0.3
+    fig = Figure(figsize=(6.4 + width, 6), dpi=110, layout="constrained")
     ax = fig.subplots()
-    for k, (name, pred) in enumerate(preds.items()):
-        row = table.iloc[k]
+    for label, target, pred, style in curves:
         fpr, tpr, _ = roc_curve(target, pred)
-        ci = f" ({row['pooled_lo']:.3f} to {row['pooled_hi']:.3f})" if np.isfinite(row["pooled_lo"]) else ""
-        ax.plot(fpr, tpr, lw=1.8, color=color(k), label=f"{name}: {row['pooled_auc']:.4f}{ci}")
+        ax.plot(fpr, tpr, label=label, **style)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
-           title="ROC of the pooled OOF predictions")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title)
     where = {"loc": "lower right"} if inside else {"loc": "upper left", "bbox_to_anchor": (1.02, 1)}
-    ax.legend(**where, fontsize=8, title="pooled AUC (95% interval)", title_fontsize=8)
+    ax.legend(**where, fontsize=8, title=legend_title, title_fontsize=8)
     ax.grid(alpha=0.3)
     return fig
+
+
+def pooled_roc_figure(target: np.ndarray, preds: dict, table: pd.DataFrame) -> Figure:
+    """Each experiment's pooled OOF ROC, labelled with the pooled AUC and its interval from ``table``."""
+    curves = []
+    for k, (name, pred) in enumerate(preds.items()):
+        row = table.iloc[k]
+        ci = f" ({row['pooled_lo']:.3f} to {row['pooled_hi']:.3f})" if np.isfinite(row["pooled_lo"]) else ""
+        curves.append((f"{name}: {row['pooled_auc']:.4f}{ci}", target, pred, {"lw": 1.8, "color": color(k)}))
+    # inside below the diagonal while short enough to stay clear of the curves
+    return roc_figure(curves, "ROC of the pooled OOF predictions", inside=len(preds) <= 4,
+                      legend_title="pooled AUC (95% interval)")
+
+
+def fold_roc_figure(target: np.ndarray, pred: np.ndarray, fold: np.ndarray, title: str) -> Figure:
+    """One experiment: the ROC of each fold holding both classes, and of the pooled OOF predictions."""
+    curves = [(f"fold {f}: {auc(target[fold == f], pred[fold == f]):.3f}", target[fold == f], pred[fold == f],
+               {"lw": 1, "alpha": 0.6, "color": color(k)})
+              for k, f in enumerate(np.unique(fold)) if len(np.unique(target[fold == f])) == 2]
+    curves.append((f"pooled OOF: {auc(target, pred):.3f}", target, pred, {"lw": 2.5, "color": "black"}))
+    return roc_figure(curves, title, inside=True)
 
 
 def fold_figure(folds: pd.DataFrame) -> Figure:
@@ -245,7 +270,7 @@ def write_report(out: Path, target: np.ndarray, preds: dict, table: pd.DataFrame
     from .io import atomic_write  # imports torch: only when something is written
     pictures = [
         ("roc.png", "ROC curves", "Pooled out-of-fold ROC of each experiment; the legend gives the pooled AUC "
-         "and its 95% interval from the grouped bootstrap.", roc_figure(target, preds, table)),
+         "and its 95% interval from the grouped bootstrap.", pooled_roc_figure(target, preds, table)),
         ("fold_auc.png", "AUC per fold", "Each fold's AUC with a 95% interval from a bootstrap of the groups "
          "within that fold.", fold_figure(folds)),
         ("learning_curves.png", "Learning curves", "Train loss and validation AUC by epoch from each fold's "

@@ -30,10 +30,8 @@ identical image pixels.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -270,19 +268,6 @@ def ensure_sample(root, **kwargs) -> bool:
     return True
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Generate synthetic demo data (not real).")
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-train-patients", type=int, default=80)
-    parser.add_argument("--n-test-patients", type=int, default=20)
-    parser.add_argument("--image-size", type=int, default=128)
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    generate_sample(args.out_dir, args.n_train_patients, args.n_test_patients,
-                    args.image_size, args.seed)
-    print(f"wrote synthetic sample to {args.out_dir} in {time.perf_counter() - start:.1f} s")
-
-
 if __name__ == "__main__":
-    main()
+    from pipeline.cli import sample_main
+    sample_main()

@@ -37,6 +37,43 @@ def parse_csv_as_text(path: Path) -> pd.DataFrame:
     return parse_csv(path, dtype="string", keep_default_na=False, na_values=[""])
 
 
+def check_submission(sub: pd.DataFrame, expected_ids=None, id_col: str | None = None, pred_col: str | None = None,
+                     path: Path | None = None, probabilities: bool = True) -> pd.DataFrame:
+    """A submission checked: two columns, the id (``id_col``, by default the first) and the prediction
+    (``pred_col``, the other); rows; every id once and not blank, in ``expected_ids``' order when
+    given; every prediction a finite number, in [0, 1] with ``probabilities``. Cells may be text as
+    read (parse_csv_as_text). Returns the ids and the predictions as floats. Read from ``path``, a
+    failure is the user's to fix: a DataError naming the file; without a path ``sub`` is the
+    pipeline's own output and a failure is a bug: a ValueError."""
+    def fail(message: str):
+        if path is None:
+            raise ValueError(f"submission: {message}")
+        raise DataError(f"{path}: {message}")
+
+    if sub.shape[1] != 2:
+        fail(f"expected 2 columns, the id then the prediction (has: {', '.join(map(str, sub.columns))})")
+    if sub.empty:
+        fail("no rows")
+    id_col = id_col or sub.columns[0]
+    pred_col = pred_col or next(c for c in sub.columns if c != id_col)
+    ids = sub[id_col]
+    if ids.isna().any() or ids.duplicated().any():
+        fail(f"column '{id_col}' has blank or duplicate ids: "
+             f"{few(ids[ids.isna() | ids.duplicated()].fillna('blank').unique())}")
+    if expected_ids is not None and list(ids) != list(expected_ids):
+        expected = list(expected_ids)
+        first = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))
+        fail(f"column '{id_col}' differs from the expected ids ({len(ids)} rows, {len(expected)} expected; "
+             f"first difference at row {first + 1})")
+    pred = pd.to_numeric(sub[pred_col], errors="coerce").astype("float64")
+    bad = ~np.isfinite(pred) | (probabilities & ((pred < 0) | (pred > 1)))
+    if bad.any():
+        shown = ("'" + sub[pred_col].astype("string") + "'").fillna("blank") + " at " + ids.astype("string")
+        must = "a probability in [0, 1]" if probabilities else "a finite number"
+        fail(f"column '{pred_col}' must be {must}; found {few(shown[bad])}")
+    return pd.DataFrame({id_col: ids, pred_col: pred.to_numpy()})
+
+
 def read_csv(path: Path, id_col: str, required: list[str]) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: file not found")

@@ -34,6 +34,12 @@ def tiny_overrides(data_root: Path, work: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 
 
+def only(cfg, *folds):
+    """``cfg`` training only ``folds`` (train.folds: what train.py --folds sets)."""
+    from pipeline.config import with_overrides
+    return with_overrides(cfg, [f"train.folds={list(folds)}"])
+
+
 @pytest.fixture
 def tiny_cfg(tiny_data, tmp_path):
     def make(**extra):

@@ -9,10 +9,11 @@ from pipeline import config as C
 from pipeline import distributed as D
 from pipeline import engine
 from pipeline import trainer as T
+from pipeline.prepare import prepare
 
 dist = D.init()
 cfg = C.load_config(None, sys.argv[1:])
-data = T.prepare(cfg)
+data = prepare(cfg)
 fold = T.build_fold(cfg, data, 0, dist)
 bias = float(fold.model.head.bias.detach())
 lams = []

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 
 import pipeline.blend as B
-from pipeline.cv import read_oof
+from pipeline.cli import blend_main
 from pipeline.errors import DataError
+from pipeline.oof import read as read_oof
+from pipeline.stats import auc, fold_ranks
 
 from conftest import ROOT, run_cli
 
@@ -88,7 +90,7 @@ def test_fit_scores_each_fold_with_weights_fitted_without_that_fold(tmp_path, mo
         np.testing.assert_allclose(info["fold_weights"][str(k)], used[0])
     np.testing.assert_allclose(info["weights"], final[0])
     sub = pd.read_csv(tmp_path / "oof" / "fitted" / "submission.csv", dtype={"image_name": "string"})
-    test = np.column_stack([B.fold_ranks(pd.read_csv(m / "submission.csv")["target"]) for m in members])
+    test = np.column_stack([fold_ranks(pd.read_csv(m / "submission.csv")["target"]) for m in members])
     np.testing.assert_allclose(sub["target"], test @ final[0])
 
 
@@ -101,13 +103,13 @@ def test_fit_of_pure_noise_reports_chance_while_in_fold_fitting_is_optimistic():
         target = pd.Series((rng.random(n) < 0.3).astype(int))
         preds = pd.DataFrame(rng.random((n, 3)), columns=["a", "b", "c"])
         pred, _, _ = B.blend_oof(preds, fold, target, "fit")
-        reported.append(B.auc(target.to_numpy(), pred.to_numpy()))
+        reported.append(auc(target.to_numpy(), pred.to_numpy()))
         ranks = B.fold_ranks_of(preds, fold)
         cheat = pd.Series(0.0, index=ranks.index)
         for k in range(N_FOLDS):  # weights fitted on the very rows they score
             rows = (fold == k).to_numpy()
             cheat[rows] = ranks[rows].to_numpy() @ B.fit_weights(ranks[rows], target[rows])
-        in_fold.append(B.auc(target.to_numpy(), cheat.to_numpy()))
+        in_fold.append(auc(target.to_numpy(), cheat.to_numpy()))
     assert np.mean(in_fold) > 0.56, in_fold
     assert abs(np.mean(reported) - 0.5) < 0.03, reported
     assert np.mean(in_fold) - np.mean(reported) > 0.04
@@ -118,12 +120,12 @@ def test_fit_weights_favour_the_informative_member_on_the_grid_and_with_nelder_m
     target = pd.Series((rng.random(300) < 0.4).astype(int))
     good = target + rng.normal(0, 0.7, 300)
     for n_noise in (2, 3):  # 3 members: grid; 4 members: Nelder-Mead
-        ranks = pd.DataFrame({"good": B.fold_ranks(good), **{f"n{j}": rng.random(300) for j in range(n_noise)}})
+        ranks = pd.DataFrame({"good": fold_ranks(good), **{f"n{j}": rng.random(300) for j in range(n_noise)}})
         w = B.fit_weights(ranks, target)
         assert w.min() >= 0 and w.sum() == pytest.approx(1.0)
         assert w[0] > 0.5, w
         equal = np.full(len(w), 1 / len(w))
-        assert B.auc(target.to_numpy(), ranks.to_numpy() @ w) > B.auc(target.to_numpy(), ranks.to_numpy() @ equal)
+        assert auc(target.to_numpy(), ranks.to_numpy() @ w) > auc(target.to_numpy(), ranks.to_numpy() @ equal)
         np.testing.assert_array_equal(w, B.fit_weights(ranks, target))  # deterministic
 
 
@@ -213,14 +215,14 @@ def test_submissions_with_other_ids_or_order_are_refused(tmp_path):
 ])
 def test_bad_names_are_refused(tmp_path, capsys, args, words):
     members = make_members(tmp_path / "oof", noise=(1.0, 2.0))
-    assert B.main([*map(str, members), *args]) == 2
+    assert blend_main([*map(str, members), *args]) == 2
     assert words in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "oof").iterdir()) == ["m0", "m1"]
 
 
 def test_fewer_than_two_members_are_refused(tmp_path, capsys):
     members = make_members(tmp_path / "oof", noise=(1.0,))
-    assert B.main([str(members[0]), "--name", "solo"]) == 2
+    assert blend_main([str(members[0]), "--name", "solo"]) == 2
     assert "at least two members" in capsys.readouterr().err
     assert not (tmp_path / "oof" / "solo").exists()
 
@@ -229,7 +231,7 @@ def test_fewer_than_two_members_are_refused(tmp_path, capsys):
 
 def test_blend_is_an_experiment_that_cv_reports(tmp_path, capsys):
     members = make_members(tmp_path / "oof")
-    assert B.main([*map(str, members), "--name", "blend", "--method", "fit"]) == 0
+    assert blend_main([*map(str, members), "--name", "blend", "--method", "fit"]) == 0
     printed = capsys.readouterr().out
     blend_line = next(line for line in printed.splitlines() if line.startswith(str(tmp_path / "oof" / "blend")))
     assert all(any(line.startswith(str(m)) for line in printed.splitlines()) for m in members)
@@ -246,22 +248,22 @@ def test_existing_folder_that_is_not_a_blend_is_refused(tmp_path, capsys):
     exp = tmp_path / "oof" / "exp"
     exp.mkdir()
     (exp / "config.yaml").write_text("name: exp\n")
-    assert B.main([*map(str, members), "--name", "exp"]) == 2
+    assert blend_main([*map(str, members), "--name", "exp"]) == 2
     err = capsys.readouterr().err
     assert "not a blend" in err and str(exp) in err and "config.yaml" in err
     assert [p.name for p in exp.iterdir()] == ["config.yaml"]
-    assert B.main([*map(str, members), "--name", "m1"]) == 2  # a member is never overwritten
+    assert blend_main([*map(str, members), "--name", "m1"]) == 2  # a member is never overwritten
     assert "one of the members" in capsys.readouterr().err
 
 
 def test_missing_member_submission_writes_the_oof_only_and_replaces_an_older_blend(tmp_path, capsys):
     members = make_members(tmp_path / "oof", noise=(1.0, 2.0))
     out = tmp_path / "oof" / "ab"
-    assert B.main([*map(str, members), "--name", "ab", "--method", "mean"]) == 0
+    assert blend_main([*map(str, members), "--name", "ab", "--method", "mean"]) == 0
     assert (out / "submission.csv").is_file()
     (members[1] / "submission.csv").unlink()
     capsys.readouterr()
-    assert B.main([*map(str, members), "--name", "ab", "--method", "rank"]) == 0  # same name: replaced
+    assert blend_main([*map(str, members), "--name", "ab", "--method", "rank"]) == 0  # same name: replaced
     err = capsys.readouterr().err
     assert "no submission made" in err and str(members[1]) in err and "error" not in err
     assert not (out / "submission.csv").exists()  # the mean blend's submission is gone with it

@@ -15,7 +15,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from conftest import ROOT, run_cli
-from pipeline import cv
+from pipeline import cv, oof, stats
 from pipeline.errors import PipelineError
 
 
@@ -66,8 +66,8 @@ def experiments(tmp_path_factory):
 
 def test_a_replicate_holds_all_rows_of_each_drawn_patient_as_often_as_it_was_drawn():
     codes = np.array([0, 0, 0, 1, 2, 2, 3, 3, 3, 3])  # patients with 3, 1, 2 and 4 rows
-    draws = cv.draw_groups(4, 200, np.random.default_rng(0))
-    weights = cv.row_weights(draws, codes)
+    draws = stats.draw_groups(4, 200, np.random.default_rng(0))
+    weights = stats.row_weights(draws, codes)
     assert weights.shape == (200, 10)
     for drawn, w in zip(draws, weights):
         rows = np.repeat(np.arange(10), w)  # the replicate's rows, with multiplicity
@@ -83,15 +83,15 @@ def test_weighted_auc_is_the_auc_of_the_resampled_rows():
     rng = np.random.default_rng(3)
     pred = np.round(rng.random(50), 1)  # many ties
     target = (rng.random(50) < 0.4).astype(int)
-    weights = cv.row_weights(cv.draw_groups(50, 30, rng), np.arange(50))
-    for w, auc in zip(weights, cv.weighted_auc(pred, target, weights)):
+    weights = stats.row_weights(stats.draw_groups(50, 30, rng), np.arange(50))
+    for w, auc in zip(weights, stats.weighted_auc(pred, target, weights)):
         rows = np.repeat(np.arange(50), w)
         assert auc == pytest.approx(roc_auc_score(target[rows], pred[rows]), abs=1e-12)
 
 
 def interval_width(target, pred, codes, seed=0, n_boot=1000) -> float:
-    draws = cv.draw_groups(codes.max() + 1, n_boot, np.random.default_rng(seed))
-    lo, hi = cv.percentile_interval(cv.bootstrap_auc(pred, target, codes, draws)[:, 0])
+    draws = stats.draw_groups(codes.max() + 1, n_boot, np.random.default_rng(seed))
+    lo, hi = stats.percentile_interval(stats.bootstrap_auc(pred, target, codes, draws)[:, 0])
     return hi - lo
 
 
@@ -119,7 +119,7 @@ def test_the_table_resamples_the_group_column_of_oof_csv(experiments, tmp_path):
     width = {}
     for name, r in variants.items():
         d = write_experiment(tmp_path / name, r, pred, epochs=None)
-        frame = cv.aligned([cv.read_experiment(d)], [d])
+        frame = oof.aligned([oof.read_both_classes(d)], [d])
         t = cv.compare_table(frame, [name], [d], [pd.DataFrame()], [False], n_boot=1000, seed=0, baseline=None)
         width[name] = float(t["pooled_hi"].iloc[0] - t["pooled_lo"].iloc[0])
         assert t["groups"].iloc[0] == (300 if name == "none" else 60)
@@ -128,7 +128,7 @@ def test_the_table_resamples_the_group_column_of_oof_csv(experiments, tmp_path):
 
 
 def test_the_interval_is_reproducible_with_the_seed(experiments):
-    frame = cv.aligned([cv.read_experiment(experiments["a"])], [experiments["a"]])
+    frame = oof.aligned([oof.read_both_classes(experiments["a"])], [experiments["a"]])
     args = dict(names=["a"], dirs=[experiments["a"]], logs=[pd.DataFrame()], has_logs=[False], n_boot=300,
                 baseline=None)
     first, again = cv.compare_table(frame, seed=7, **args), cv.compare_table(frame, seed=7, **args)
@@ -142,7 +142,7 @@ def test_the_interval_is_reproducible_with_the_seed(experiments):
 def test_paired_difference_to_itself_is_zero_and_a_better_experiment_is_above_zero(experiments):
     e = experiments
     dirs = [e["a"], e["same"], e["b"]]
-    frame = cv.aligned([cv.read_experiment(d) for d in dirs], dirs)
+    frame = oof.aligned([oof.read_both_classes(d) for d in dirs], dirs)
     table = cv.compare_table(frame, ["a", "same", "b"], dirs, [pd.DataFrame()] * 3, [False] * 3, n_boot=500,
                              seed=0, baseline=0).set_index("experiment")
     assert table.loc["same", ["diff", "diff_lo", "diff_hi"]].tolist() == [0.0, 0.0, 0.0]
@@ -161,14 +161,14 @@ def test_rank_auc_equals_pooled_auc_on_one_scale_and_repairs_a_shifted_fold():
     pred = np.concatenate([rng.permutation(np.linspace(0.01, 0.99, 50)) for _ in range(4)])
     target = (pred + 0.3 * rng.normal(size=200) > 0.6).astype(int)
     pooled = roc_auc_score(target, pred)
-    assert roc_auc_score(target, cv.fold_ranks(pred, fold)) == pooled
+    assert roc_auc_score(target, stats.fold_ranks(pred, fold)) == pooled
     shifted = pred + 0.5 * (fold == 2)
     assert roc_auc_score(target, shifted) < pooled - 0.02  # the shifted fold's negatives outrank others' positives
-    assert roc_auc_score(target, cv.fold_ranks(shifted, fold)) == pooled
+    assert roc_auc_score(target, stats.fold_ranks(shifted, fold)) == pooled
 
 
 def test_fold_ranks_span_zero_to_one_in_each_fold():
-    ranks = cv.fold_ranks(np.array([5.0, 1.0, 3.0, 0.2, 0.1, 0.1]), np.array([0, 0, 0, 1, 1, 1]))
+    ranks = stats.fold_ranks(np.array([5.0, 1.0, 3.0, 0.2, 0.1, 0.1]), np.array([0, 0, 0, 1, 1, 1]))
     assert ranks.tolist() == [1.0, 0.0, 0.5, 1.0, 0.25, 0.25]
 
 
@@ -255,3 +255,17 @@ def test_one_experiment_works_as_before(experiments, tmp_path):
     assert "pooled OOF AUC 0." in proc.stdout and "(300 rows, " in proc.stdout
     assert re.search(r"pooled OOF AUC 95% interval 0\.\d{4} to 0\.\d{4} .*60 'patient_id' groups", proc.stdout)
     assert (tmp_path / "o" / "compare.csv").is_file() and not (exp / "roc.png").exists()
+
+
+def test_train_py_summary_is_the_first_part_of_the_one_report(experiments, capsys, tmp_path):
+    """train.py ends with cv.report: the same printer as `python -m pipeline.cv <one folder>`, without
+    the bootstrap's lines and without files."""
+    exp = experiments["a"]
+    figures = cv.report(exp, plot=False)
+    summary = capsys.readouterr().out
+    cv.compare([exp], plot=False, n_boot=50, out=tmp_path / "o")
+    full = capsys.readouterr().out
+    assert full.startswith(summary) and "95% interval" not in summary and "95% interval" in full
+    assert summary.startswith(f"CV of {exp}\n") and f"over {len(figures['fold_auc'])} fold(s)" in summary
+    assert f"pooled OOF AUC {figures['pooled_auc']:.4f} (300 rows, " in summary and figures["rows"] == 300
+    assert not (exp / "roc.png").exists()

@@ -92,7 +92,7 @@ def test_several_config_files_combine_later_ones_winning(tmp_path):
     recipe.write_text("folds:\n  n_folds: 3\n")
     proc = run_cli(str(ROOT / "train.py"), "--config", str(layout), "--config", str(recipe), "--folds", "4",
                    cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "error: fold(s) [4] out of range 0..2" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "error: train.folds must be fold numbers in 0..2, got [4]" in proc.stderr, proc.stderr
 
 
 RECIPE = ROOT / "configs" / "cpu_hour.yaml"

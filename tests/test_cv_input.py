@@ -67,9 +67,9 @@ def test_good_oof_is_reported(tmp_path):
 
 
 def test_read_oof_returns_typed_columns(tmp_path):
-    from pipeline.cv import read_oof
+    from pipeline.oof import read
     path = tmp_path / "oof.csv"
     path.write_text(GOOD.replace("ISIC_", "00"))
-    oof = read_oof(path)
+    oof = read(path)
     assert oof["image_name"].tolist()[:2] == ["000", "001"]  # ids stay text: leading zeros kept
     assert [str(oof[c].dtype) for c in ("fold", "target", "pred")] == ["int64", "int64", "float64"]

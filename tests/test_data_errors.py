@@ -20,7 +20,8 @@ from PIL import Image
 from conftest import ROOT, run_cli, tiny_overrides
 from pipeline import config as C
 from pipeline import trainer
-from pipeline.data import decode
+from pipeline.prepare import prepare
+from pipeline.data import build_cache, decode
 from pipeline.features import MISSING, MetaTransform
 from pipeline.tables import DataError, load_test, load_train
 
@@ -256,7 +257,7 @@ def skipped(tiny_data, tmp_path_factory):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         run.oof = trainer.train(cfg)
-        run.data = trainer.prepare(cfg)  # again: the cache and its list of bad images are reused
+        run.data = prepare(cfg)  # again: the cache and its list of bad images are reused
     run.stderr, run.work, run.cfg = err.getvalue(), work, cfg
     run.folds = read(root / "train_folds2_seed42.csv")
     return run
@@ -285,6 +286,24 @@ def test_grayscale_rgba_palette_cmyk_images_are_cached_as_rgb(skipped):
         expected = decode(skipped.work / f"{i}_rgb.png", 32).astype(int)
         assert np.abs(data.images[row[i]].astype(int) - expected).mean() <= tolerance, mode
     assert set(skipped.converted.values()) <= set(read(skipped.cfg.exp_dir / "oof.csv")["image_name"])
+
+
+def test_a_cache_array_without_its_json_is_rebuilt(tmp_path):
+    """The .json is written after the array: a build killed in between leaves an array alone, which
+    the next build must not trust (its bad-image list and digests are gone, its pixels unchecked)."""
+    paths = []
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (20, 20), colour).save(paths[-1])
+    first = build_cache(paths, 16, tmp_path / "cache")
+    npy = next((tmp_path / "cache").glob("*.npy"))
+    expected = np.array(first.images)
+    del first
+    np.save(npy, np.zeros_like(expected))  # as if the array were damaged...
+    npy.with_suffix(".json").unlink()      # ...by a build that never wrote its .json
+    again = build_cache(paths, 16, tmp_path / "cache")
+    np.testing.assert_array_equal(again.images, expected)
+    assert again.bad == {} and all(again.digests) and npy.with_suffix(".json").is_file()
 
 
 # ---------------------------------------------------------------------------------------------

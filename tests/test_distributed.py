@@ -18,6 +18,7 @@ import torch
 from conftest import ROOT, tiny_overrides
 from pipeline import config as C
 from pipeline import trainer as T
+from pipeline.prepare import prepare
 from pipeline.data import SeededShuffle
 from pipeline.io import load_checkpoint
 
@@ -128,7 +129,7 @@ def test_accumulation_counts_optimizer_steps_not_micro_batches(tiny_cfg):
     steps = {}
     for acc in (1, 2):
         cfg = tiny_cfg(**{"folds.n_folds": 2, "train.epochs": 2, "train.accumulate": acc, "name": f"acc{acc}"})
-        data = T.prepare(cfg)
+        data = prepare(cfg)
         fold = T.build_fold(cfg, data, 0)
         assert fold.train_loader.batch_size == 16 // acc
         T.run_epoch(cfg, fold, 0, lambda: False)

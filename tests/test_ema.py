@@ -8,6 +8,8 @@ import yaml
 
 from conftest import ROOT, run_cli, tiny_overrides
 from pipeline import trainer as T
+from pipeline.model import build_model
+from pipeline.prepare import prepare
 from pipeline.engine import predict
 from pipeline.io import load_checkpoint, save_checkpoint
 
@@ -23,7 +25,7 @@ def test_ema_weights_are_validated_saved_and_resumed_exactly(tiny_cfg):
                            "name": name})
 
     ref_cfg, res_cfg = cfg("ref"), cfg("res")
-    data = T.prepare(ref_cfg)
+    data = prepare(ref_cfg)
     ref = T.run_fold(ref_cfg, data, 0, lambda: False)
     last = res_cfg.exp_dir / "fold0" / "last.pt"
     with pytest.raises(T.Interrupted):
@@ -43,7 +45,7 @@ def test_oof_is_predicted_by_the_best_checkpoint_with_ema(tiny_cfg):
     """With train.ema, best.pt holds the EMA's weights of the best epoch: the OOF rows must come
     from them, not from the EMA as it stands after the last epoch."""
     cfg = tiny_cfg(**{"folds.n_folds": 2, "train.ema": True, "name": "ema_best"})
-    data = T.prepare(cfg)
+    data = prepare(cfg)
     f = T.build_fold(cfg, data, 0)
     f.dir.mkdir(parents=True)
     torch.manual_seed(0)
@@ -52,7 +54,7 @@ def test_oof_is_predicted_by_the_best_checkpoint_with_ema(tiny_cfg):
     save_checkpoint(f.dir / "best.pt", {"model": best, "epoch": 1, "auc": 0.5})
     f.state.update(best_auc=0.5, best_epoch=1)
     oof = T.finish_fold(cfg, data, f, T.D.SINGLE)
-    model = T.build_model(cfg, data.meta.shape[1])
+    model = build_model(cfg, data.meta.shape[1])
     model.load_state_dict(best)
     expected = predict(model, f.val_loader, f.rt, tta=cfg.infer.tta)
     np.testing.assert_allclose(oof["pred"].to_numpy(), expected, atol=1e-6)

@@ -19,11 +19,12 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_cli, tiny_overrides
+from conftest import ROOT, only, run_cli, tiny_overrides
 from pipeline import config as C
 from pipeline import experiment as E
 from pipeline import trainer as T
 from pipeline.errors import DataError, ExperimentError
+from pipeline.record import read_record
 from pipeline.tables import load_train
 
 TRAIN = str(ROOT / "train.py")
@@ -76,7 +77,7 @@ def copy(trained, tmp_path):
 
 def test_the_experiment_records_its_data_folds_and_image_hashes(trained):
     exp = trained.cfg.exp_dir
-    record, folds = E.read_record(exp / "data.csv"), pd.read_csv(exp / "folds.csv", dtype={"image_name": "string"})
+    record, folds = read_record(exp / "data.csv"), pd.read_csv(exp / "folds.csv", dtype={"image_name": "string"})
     train = load_train(trained.cfg)
     assert list(record.columns) == ["image_name", "fold", "target", "patient_id", "sex",
                                     "anatom_site_general_challenge", "age_approx", "image_sha"]
@@ -144,40 +145,40 @@ def test_force_on_changed_data_deletes_the_experiment_and_trains_again(copy, cap
     err = capsys.readouterr().err
     assert f"--force: deleting {exp / 'config.yaml'}, {exp / 'data.csv'}" in err and says in err
     assert not (exp / "fold1").exists() and (exp / "fold0" / "val_predictions.csv").exists()
-    assert E.read_record(exp / "data.csv").set_index("image_name")["age_approx"].str.startswith("7").any()
+    assert read_record(exp / "data.csv").set_index("image_name")["age_approx"].str.startswith("7").any()
 
 
 def test_folds_edited_between_runs_of_different_folds_are_refused(tiny_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("*_folds*.csv"))
     cfg = C.load_config(None, args(data, tmp_path))
-    T.train(cfg, folds=[0])
+    T.train(only(cfg, 0))
     table = data / "train_folds3_seed42.csv"
     folds = pd.read_csv(table, dtype={"image_name": "string"})
     moved = folds.index[folds["fold"] == 0][:2]
     folds.loc[moved, "fold"] = 1  # two validation rows of fold 0 now train fold 1... and are validated there
     folds.to_csv(table, index=False)
     with pytest.raises(ExperimentError, match=r"the fold of 2 row\(s\) changed: .* \(0 -> 1\)"):
-        T.train(cfg, folds=[1])
+        T.train(only(cfg, 1))
     assert not (cfg.exp_dir / "fold1").exists()
     # the experiment's own copy of its fold table trains the other folds as it began
-    T.train(C.with_overrides(cfg, [f"folds.path={cfg.exp_dir / 'folds.csv'}"]), folds=[1])
+    T.train(only(C.with_overrides(cfg, [f"folds.path={cfg.exp_dir / 'folds.csv'}"]), 1))
     assert pd.read_csv(cfg.exp_dir / "oof.csv")["image_name"].is_unique
 
 
 def test_oof_assembly_refuses_an_id_in_two_folds_or_outside_its_fold(trained, tmp_path):
     exp = tmp_path / "exp"
     shutil.copytree(trained.cfg.exp_dir, exp)
-    record = E.read_record(exp / "data.csv")
-    assert len(E.collect_oof(exp, ("image_name",), record)) == len(record)
+    record = read_record(exp / "data.csv")
+    assert len(E.collect_oof(exp, record)) == len(record)
     f0, f1 = (pd.read_csv(exp / f"fold{k}" / "val_predictions.csv", dtype={"image_name": "string"}) for k in (0, 1))
     stray = f0.iloc[:1].assign(fold=1)
     pd.concat([f1, stray]).to_csv(exp / "fold1" / "val_predictions.csv", index=False)
     with pytest.raises(ExperimentError, match=f"ids predicted by more than one fold: {stray['image_name'][0]}"):
-        E.collect_oof(exp, ("image_name",), record)
+        E.collect_oof(exp, record)
     f0.iloc[1:].to_csv(exp / "fold0" / "val_predictions.csv", index=False)
     with pytest.raises(ExperimentError, match=f"outside their fold in folds.csv: {stray['image_name'][0]}"):
-        E.collect_oof(exp, ("image_name",), record)
+        E.collect_oof(exp, record)
 
 
 @pytest.mark.parametrize("cell", ["", "-1", "1.5", "x"])
@@ -199,7 +200,7 @@ def test_a_bad_fold_cell_is_one_error_line(copy, cell):
     ({"model.image_size": 0}, [], "model.image_size must be between 16 and 4096"),
     ({"model.pretrained": "weights/missing.pt"}, [], "model.pretrained=weights/missing.pt: no such file"),
     ({"model.backbone": "vit_tiny_patch16_224", "model.pretrained": "none"}, [], "cannot take model.image_size=32"),
-    ({}, ["--folds", "3"], "fold(s) [3] out of range 0..2"),
+    ({}, ["--folds", "3"], "train.folds must be fold numbers in 0..2, got [3]"),
     ({"train.batch_size": 100}, [], "train.batch_size=100 is larger than the "),
 ], ids=["batch0", "backbone", "size0", "pretrained", "vit_size", "folds", "batch_vs_fold"])
 def test_config_errors_leave_no_trace_and_the_corrected_command_runs(tiny_data, tmp_path, extra, cli, says):
@@ -234,7 +235,7 @@ def test_force_deletes_only_an_experiment_folder_of_this_pipeline(trained, tmp_p
     with pytest.raises(ExperimentError, match=r"holds files this pipeline did not write \(fold1/plot.png, notes.txt"):
         T.train(other, force=True)
     with pytest.raises(ExperimentError, match="fold1 holds files this pipeline did not write"):
-        T.train(C.load_config(None, args(trained.data, tmp_path)), folds=[1], force=True)
+        T.train(only(C.load_config(None, args(trained.data, tmp_path)), 1), force=True)
     assert snapshot(out) == before
     # a folder that is not an experiment (a data folder, say) is never written into nor deleted
     data_as_exp = C.load_config(None, args(trained.data, tmp_path, output_dir=str(trained.data.parent), name="data"))

@@ -85,7 +85,7 @@ def test_log1p_images_per_group():
 
 
 def test_prepare_fits_on_the_training_table_only(tiny_cfg, tmp_path):
-    from pipeline.trainer import prepare
+    from pipeline.prepare import prepare
     cfg = tiny_cfg(**{"folds.path": str(tmp_path / "folds.csv")})
     data = prepare(cfg)
     train = pd.read_csv(f"{cfg.data.root}/train.csv")
@@ -189,18 +189,6 @@ def test_no_bounds_without_spread():
     t = fit_age(pd.DataFrame({"age": [50] * 10 + [60]}))
     lo, hi = t.limits("age")
     assert lo == pytest.approx(50 - 20 * np.std([50] * 10 + [60], ddof=1))
-
-
-def test_old_transforms_without_bounds_still_load_and_transform(capsys):
-    d = fit_age(ages()).to_dict()
-    d["stats"]["age"] = [50.0, 10.0]  # as saved before the bounds existed
-    old = MetaTransform.from_dict(json.loads(json.dumps(d)))
-    df = ages(4, r1=1e9, r2="45y")
-    x = old.transform(df)
-    np.testing.assert_allclose(x[:, 0], [(df["age"][0] - 50) / 10, (1e9 - 50) / 10, 0, (df["age"][3] - 50) / 10])
-    assert x[:, 1].tolist() == [0, 0, 1, 0]
-    assert old.limits("age") == (-np.inf, np.inf)
-    assert "1 non-number(s)" in check(old, df, capsys, max_bad_fraction=0.5)
 
 
 def test_bounds_round_trip_through_json():

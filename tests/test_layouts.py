@@ -27,7 +27,9 @@ from PIL import Image
 
 from conftest import ROOT, SHARED_DATA, run_cli
 from pipeline import config as C
+from pipeline import prepare as prepare_module
 from pipeline import trainer
+from pipeline.prepare import prepare as prepare_data
 from pipeline.cv import report
 from pipeline.features import MISSING
 from pipeline.folds import assign_folds
@@ -143,7 +145,7 @@ def test_melanoma_resized_drops_the_tfrecord_minus_one_duplicates(resized):
     # without the filter the duplicates are training rows (own fold table: the saved one lists other ids)
     cfg = layout_cfg("melanoma_resized.yaml", resized.root, resized.work, **{
         "data.drop_where": "{}", "folds.path": resized.work / "all_folds.csv"})
-    assert sorted(trainer.prepare(cfg).df["image_name"]) == sorted(train["image_name"])
+    assert sorted(prepare_data(cfg).df["image_name"]) == sorted(train["image_name"])
 
 
 def test_melanoma_resized_submission_follows_test_csv(resized):
@@ -191,6 +193,7 @@ def external(tiny_data, tmp_path_factory, monkeypatch_module):
         return prepared[-1]
 
     monkeypatch_module.setattr(trainer, "ImageMetaDataset", spy_dataset)
+    monkeypatch_module.setattr(prepare_module, "ImageMetaDataset", spy_dataset)
     monkeypatch_module.setattr(ImageMetaNet, "init_head_bias", spy_bias)
     monkeypatch_module.setattr(trainer, "prepare", spy_prepare)
     cfg = layout_cfg("melanoma_external2019.yaml", root, work, **{
@@ -316,7 +319,7 @@ def test_isic2017_real_data_through_its_config(tmp_path):
         f"data.root={ISIC2017}", f"data.cache_dir={tmp_path / 'cache'}", f"output_dir={tmp_path / 'oof'}",
         f"folds.path={tmp_path / 'folds.csv'}", "model.image_size=32"])
     start = time.perf_counter()
-    data = trainer.prepare(cfg)
+    data = prepare_data(cfg)
     took = time.perf_counter() - start
     meta = read(ISIC2017 / "metadata.csv", "image_id")
     train = meta[meta["split"] == "train"].reset_index(drop=True)

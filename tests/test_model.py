@@ -1,4 +1,5 @@
-"""The model: head bias at the fold's base rate, and offline ImageNet weights that really work."""
+"""The model: head bias at the fold's base rate, offline ImageNet weights that really work, and
+model.pretrained files that must fit the backbone."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +8,7 @@ import timm
 import torch
 from PIL import Image
 
+from pipeline.errors import ConfigError
 from pipeline.model import ImageMetaNet, build_model, create_backbone, offline_lite0_state
 
 
@@ -34,8 +36,10 @@ def test_run_fold_sets_the_bias_from_the_training_rows(tiny_cfg, tmp_path, monke
     """run_fold must use the positive rate of the rows it trains on (fold != k), not all rows or
     the validation rows. The run stops right after the call: no training is needed to see it."""
     from pipeline import trainer
+    from pipeline.engine import StopFlag
+    from pipeline.prepare import prepare
     cfg = tiny_cfg(**{"model.pretrained": "none", "folds.path": str(tmp_path / "folds.csv")})
-    data = trainer.prepare(cfg)
+    data = prepare(cfg)
     seen = []
 
     def record(self, positive_rate):
@@ -51,7 +55,7 @@ def test_run_fold_sets_the_bias_from_the_training_rows(tiny_cfg, tmp_path, monke
         if abs(expected - y.mean()) < 1e-6 or abs(expected - y[fold == k].mean()) < 1e-6:
             continue  # this fold could not tell the right rows from the wrong ones
         with pytest.raises(_Recorded):
-            trainer.run_fold(cfg, data, k, trainer.StopFlag())
+            trainer.run_fold(cfg, data, k, StopFlag())
         assert seen[-1] == pytest.approx(expected, abs=1e-7)
         checked += 1
     assert checked >= 2
@@ -84,3 +88,81 @@ def test_offline_lite0_weights_classify_the_flower_as_a_daisy():
     with torch.no_grad():
         torch.testing.assert_close(backbone.eval()(x[None]), model.forward_head(model.forward_features(x[None]),
                                                                                  pre_logits=True))
+
+
+# --- model.pretrained=<file> ----------------------------------------------------------------
+
+TINY = "test_efficientnet"  # a timm test model: 86 tensors, built in milliseconds
+
+
+def tiny_state(seed: int = 1) -> dict:
+    torch.manual_seed(seed)
+    return timm.create_model(TINY, num_classes=0).state_dict()
+
+
+def refusal(path, backbone: str = TINY) -> str:
+    with pytest.raises(ConfigError) as e:
+        create_backbone(backbone, str(path))
+    message = str(e.value)
+    assert "\n" not in message and f"model.pretrained={path}" in message
+    assert f"does not fit the backbone {backbone}" in message
+    return message
+
+
+def test_a_full_state_dict_loads_its_weights(tmp_path):
+    state = tiny_state()
+    torch.save(state, tmp_path / "w.pt")
+    backbone = create_backbone(TINY, str(tmp_path / "w.pt"))
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    # BatchNorm's batch counters are no weights: a file without them fits
+    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, tmp_path / "w.pt")
+    backbone = create_backbone(TINY, str(tmp_path / "w.pt"))
+    assert torch.equal(backbone.state_dict()["conv_stem.weight"], state["conv_stem.weight"])
+
+
+def test_a_partial_state_dict_is_refused_naming_the_missing_keys(tmp_path):
+    state = tiny_state()
+    dropped = [k for k in state if not k.endswith("num_batches_tracked")][:10]
+    torch.save({k: v for k, v in state.items() if k not in dropped}, tmp_path / "w.pt")
+    message = refusal(tmp_path / "w.pt")
+    assert "missing key(s): " + ", ".join(dropped[:3]) + ", ... (10 in all)" in message
+    assert "unexpected" not in message
+
+
+def test_an_extra_key_is_refused(tmp_path):
+    torch.save({**tiny_state(), "classifier.weight": torch.zeros(1000, 32)}, tmp_path / "w.pt")
+    message = refusal(tmp_path / "w.pt")
+    assert message.endswith("unexpected key(s): classifier.weight (1 in all)") and "missing" not in message
+
+
+def test_weights_of_another_backbone_are_refused_naming_both_sides(tmp_path):
+    torch.save(tiny_state(), tmp_path / "w.pt")
+    message = refusal(tmp_path / "w.pt", "tf_efficientnet_lite0")
+    assert "missing key(s): " in message and "unexpected key(s): " in message
+
+
+def test_a_misshapen_weight_is_refused(tmp_path):
+    state = tiny_state()
+    name = next(k for k, v in state.items() if v.ndim == 4)
+    state[name] = torch.zeros(1, *state[name].shape[1:])
+    torch.save(state, tmp_path / "w.pt")
+    message = refusal(tmp_path / "w.pt")
+    assert f"misshapen key(s): {name} 1x" in message and "(backbone: " in message
+    assert "missing" not in message and "unexpected" not in message
+
+
+def test_a_pipeline_checkpoint_gives_its_backbone_weights(tmp_path):
+    """best.pt holds {"model": ImageMetaNet state}: its backbone.* keys are the backbone's."""
+    from pipeline.io import save_checkpoint
+    torch.manual_seed(2)
+    net = ImageMetaNet(TINY, n_meta=5)
+    save_checkpoint(tmp_path / "best.pt", {"model": net.state_dict(), "epoch": 3, "auc": 0.8})
+    backbone = create_backbone(TINY, str(tmp_path / "best.pt"))
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(v, net.backbone.state_dict()[k]), k
+    # ... and only when they are all there
+    state = {k: v for k, v in net.state_dict().items() if k != "backbone.conv_stem.weight"}
+    save_checkpoint(tmp_path / "part.pt", {"model": state})
+    message = refusal(tmp_path / "part.pt")
+    assert "(its backbone.* keys)" in message and "missing key(s): conv_stem.weight (1 in all)" in message

@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, tiny_overrides
+from conftest import ROOT, only, tiny_overrides
 from pipeline import experiment as E
+from pipeline import checkpoints as K
 from pipeline import trainer as T
+from pipeline.prepare import prepare
 from pipeline.errors import ExperimentError
 from pipeline.io import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -162,7 +164,7 @@ def test_cli_refuses_a_changed_config_with_exit_2_naming_the_key(scenario, tiny_
 
 def test_best_metric_and_early_stopping_counter_survive_resume(tiny_cfg):
     cfg = tiny_cfg(**{"folds.n_folds": 2, "train.epochs": 3, "train.patience": 2})
-    data = T.prepare(cfg)
+    data = prepare(cfg)
     last = cfg.exp_dir / "fold0" / "last.pt"
     with pytest.raises(T.Interrupted):
         T.run_fold(cfg, data, 0, last.exists)  # "Ctrl-C" once epoch 1 is saved
@@ -185,7 +187,7 @@ def test_resume_without_any_usable_checkpoint_names_the_files(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"PK\x03\x04 torn")
     (tmp_path / "last.prev.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"last\.pt.*delete .* to train this fold again"):
-        T._load_resume_state(tmp_path)
+        K.last_usable(tmp_path)
     assert (tmp_path / "last.pt").exists()  # nothing is set aside when nothing can be used
 
 
@@ -195,7 +197,7 @@ def test_resume_falls_back_to_previous_checkpoint(tmp_path, capsys):
     save_checkpoint(tmp_path / "last.pt", {**state, "state": {"epoch": 2}})
     good = (tmp_path / "last.pt").read_bytes()
     (tmp_path / "last.pt").write_bytes(good[:-100])
-    path, ckpt = T._load_resume_state(tmp_path)
+    path, ckpt = K.last_usable(tmp_path)
     assert path.name == "last.prev.pt" and ckpt["state"]["epoch"] == 1
     assert "last.pt" in capsys.readouterr().err
     # the torn file is set aside, so the next save does not rotate it over the good one
@@ -218,20 +220,20 @@ def test_same_seed_same_folds_and_oof_other_seed_differs(tiny_cfg, tmp_path):
 
 def test_force_retrains_and_a_forced_new_config_leaves_nothing_of_the_old(tiny_cfg, capsys):
     cfg = tiny_cfg(**{"folds.n_folds": 2, "train.epochs": 1})
-    T.train(cfg, folds=[0, 1])
+    T.train(only(cfg, 0, 1))
     exp = cfg.exp_dir
     before = (exp / "fold0" / "val_predictions.csv").stat().st_mtime_ns
-    T.train(cfg, folds=[0])
+    T.train(only(cfg, 0))
     assert (exp / "fold0" / "val_predictions.csv").stat().st_mtime_ns == before  # done: skipped
-    T.train(cfg, folds=[0], force=True)
+    T.train(only(cfg, 0), force=True)
     assert (exp / "fold0" / "val_predictions.csv").stat().st_mtime_ns != before  # --force: trained again
     assert (exp / "fold1" / "val_predictions.csv").exists()  # same config: the other fold stays
 
     changed = tiny_cfg(**{"folds.n_folds": 2, "train.epochs": 1, "train.lr": 0.002})
     with pytest.raises(ExperimentError, match="train.lr"):
-        T.train(changed, folds=[0])
+        T.train(only(changed, 0))
     capsys.readouterr()
-    T.train(changed, folds=[0], force=True)
+    T.train(only(changed, 0), force=True)
     assert "train.lr" in capsys.readouterr().err
     assert not (exp / "fold1").exists()  # fold 1 of the old config is gone, not mixed in
     assert set(pd.read_csv(exp / "oof.csv")["fold"]) == {0}

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from pipeline import experiment as E
-from pipeline import trainer as T
 from pipeline.errors import ExperimentError
 from pipeline.config import ConfigError, load_config
 from pipeline.io import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_text
@@ -152,10 +151,10 @@ def test_yaml_is_read_safely(tmp_path, tiny_cfg):
 def test_env_json_keeps_the_earlier_environment_when_it_changes(tmp_path, capsys):
     path = tmp_path / "env.json"
     first = {"torch": "2.0", "device": "cpu", "seed": 42, "git_commit": "abc"}
-    T.record_environment(path, first)
-    T.record_environment(path, first)  # a resume in the same environment changes nothing
+    E.record_environment(path, first)
+    E.record_environment(path, first)  # a resume in the same environment changes nothing
     assert json.loads(path.read_text()) == first and capsys.readouterr().err == ""
-    T.record_environment(path, {**first, "device": "cuda"})
+    E.record_environment(path, {**first, "device": "cuda"})
     env = json.loads(path.read_text())
     assert env["device"] == "cuda" and env["earlier"] == [first]
     assert "device" in capsys.readouterr().err

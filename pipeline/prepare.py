@@ -1,0 +1,136 @@
+"""The training data of an experiment, made ready before any training: the table and its images,
+the folds, the fitted meta features; every data problem surfaces here.
+
+    data = prepare(cfg)     # -> TrainData: table (with 'fold' and 'cache_row'), image cache, meta
+
+Also what the folds read from it: the loader of some of its rows, their OOF table rows.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import config as C
+from . import oof
+from .data import ImageMetaDataset, build_cache, make_loader
+from .errors import DataError
+from .features import MetaTransform, check_numeric
+from .folds import fold_table, load_or_make_folds
+from .tables import data_path, few, load_test, load_train
+
+
+@dataclass
+class TrainData:
+    df: pd.DataFrame          # training table, one row per image, with 'fold' and 'cache_row' columns
+    images: np.ndarray        # (N, S, S, 3) uint8, memory-mapped cache
+    meta: np.ndarray          # (N, F) float32 meta features
+    transform: MetaTransform
+    digests: list             # content hash of each cached image file, by cache row
+
+
+def prepare(cfg: C.Config) -> TrainData:
+    """Load and check the training data and its images, make or reuse the folds, fit the meta
+    transform."""
+    d = cfg.data
+    # only into a new or empty folder: in a folder of real data a missing table is the user's error below
+    if d.generate_sample and not data_path(cfg, d.train_csv).exists() and not any(Path(d.root).glob("*")):
+        from .sample import ensure_sample
+        print(f"writing the bundled synthetic sample into {d.root}")
+        ensure_sample(Path(d.root))
+    df = load_train(cfg)
+    test = load_test(cfg)[0] if d.test_csv else None  # a broken test table or missing image: reported now
+    df, images, digests = cached_images(cfg, df)
+    assign_folds(cfg, df)
+    transform = fit_features(cfg, df, test)
+    return TrainData(df, images, transform.transform(df), transform, digests)
+
+
+def cached_images(cfg: C.Config, df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, list]:
+    """The images decoded into the cache; undecodable ones fail, or are skipped with
+    ``data.on_bad_image=skip``. Adds each row's ``cache_row``."""
+    d = cfg.data
+    images, bad, digests = build_cache([Path(p) for p in df["image_path"]], cfg.model.image_size,
+                                       Path(d.cache_dir), "train")
+    df["cache_row"] = np.arange(len(df))
+    if bad:
+        listed = few([f"{df[d.id_col][i]} ({why})" for i, why in bad.items()], 3)
+        where = Path(df["image_path"][next(iter(bad))]).parent
+        if d.on_bad_image == "fail":
+            raise DataError(f"{where}: {len(bad)} image(s) cannot be decoded: {listed}; "
+                            f"replace them or set data.on_bad_image=skip")
+        print(f"warning: skipping {len(bad)} undecodable image(s) in {where}: {listed}", file=sys.stderr)
+        df = df.drop(index=list(bad)).reset_index(drop=True)
+    return df, images, digests
+
+
+def fold_table_path(cfg: C.Config) -> Path:
+    if cfg.folds.path:
+        return Path(cfg.folds.path)
+    train_csv = data_path(cfg, cfg.data.train_csv)
+    return train_csv.with_name(f"{train_csv.stem}_folds{cfg.folds.n_folds}_seed{cfg.folds.seed}.csv")
+
+
+def assign_folds(cfg: C.Config, df: pd.DataFrame) -> None:
+    """The ``fold`` column from the fold table (made once, then reused); external rows (-1) train
+    every fold and are never validated."""
+    d = cfg.data
+    path = fold_table_path(cfg)
+    own = ~df["is_external"].to_numpy()
+    df["fold"] = -1
+    df.loc[own, "fold"] = load_or_make_folds(df[own].reset_index(drop=True), path, d.id_col, d.target_col,
+                                             d.group_col, cfg.folds.n_folds, cfg.folds.seed)
+    table = fold_table(df[own], df["fold"][own].to_numpy(), d.target_col, d.group_col or d.id_col)
+    empty = table.index[table["positives"] == 0].tolist()
+    if empty:
+        raise DataError(f"{path}: fold(s) {empty} have no positive; AUC is undefined (use fewer folds)")
+    print(f"folds from {path}:\n{table.to_string()}")
+    if not own.all():
+        print(f"plus {int((~own).sum())} external training-only rows ({int(df[d.target_col][~own].sum())} positives)")
+
+
+def fit_features(cfg: C.Config, df: pd.DataFrame, test: pd.DataFrame | None) -> MetaTransform:
+    """The meta-feature transform, fitted on the training rows (and the test rows with
+    ``features.fit_on=train+test``); numeric columns checked in every table."""
+    d = cfg.data
+    fit_df = pd.concat([df, test], ignore_index=True) if cfg.features.fit_on == "train+test" else df
+    transform = MetaTransform.from_config(cfg).fit(fit_df)
+    limit = cfg.features.max_bad_fraction
+    own = ~df["is_external"].to_numpy()
+    check_numeric(transform, df[own], str(data_path(cfg, d.train_csv)), d.id_col, limit)
+    if not own.all():
+        check_numeric(transform, df[~own], str(data_path(cfg, d.external_csv)), d.id_col, limit)
+    if test is not None:
+        check_numeric(transform, test, str(data_path(cfg, d.test_csv)), d.id_col, limit)
+    return transform
+
+
+def check_batch_size(cfg: C.Config, data: TrainData, folds: list[int]) -> None:
+    """The training loader drops the last incomplete batch: a batch larger than a fold's training
+    rows would train nothing and report AUC 0.5."""
+    for k in folds:
+        n = int((data.df["fold"] != k).sum())
+        if n < cfg.train.batch_size:
+            raise C.ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the {n} training rows of "
+                                f"fold {k}: no step would train; use a smaller batch")
+
+
+def targets(cfg: C.Config, data: TrainData) -> np.ndarray:
+    return data.df[cfg.data.target_col].to_numpy().astype(np.float32)
+
+
+def eval_loader(cfg: C.Config, data: TrainData, idx: np.ndarray, pin_memory: bool = False):
+    """Rows ``idx`` (data.df positions) in order, unaugmented, in batches of ``infer.batch_size``:
+    what validation and OOF prediction read."""
+    ds = ImageMetaDataset(data.images, data.df["cache_row"].to_numpy()[idx], data.meta[idx], targets(cfg, data)[idx])
+    return make_loader(ds, cfg.infer.batch_size, False, cfg.train.num_workers, pin_memory=pin_memory)
+
+
+def oof_rows(cfg: C.Config, data: TrainData, idx: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
+    """The OOF table (pipeline/oof.py) of rows ``idx``: id, group (when configured), fold, target, pred."""
+    d, rows = cfg.data, data.df.iloc[idx]
+    return oof.table(oof.Layout(d.id_col, d.group_col or None), rows[d.id_col],
+                     rows[d.group_col] if d.group_col else None, rows["fold"], rows[d.target_col], pred)

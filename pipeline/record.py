@@ -1,0 +1,95 @@
+"""What an experiment was trained on, and how a new run differs from it.
+
+The training record (``data.csv`` of an experiment) is one row per training image, every value as
+text: the id first, then fold (-1: external, training only), target, group, each configured feature
+column as read, and the image file's content hash. A run whose record, or fitted meta features,
+differ from the saved ones is another experiment; the differences are said in words.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from . import config as C
+from .errors import ExperimentError
+from .tables import few, parse_csv_as_text
+
+
+def training_record(df: pd.DataFrame, cfg: C.Config, digests: list[str]) -> pd.DataFrame:
+    """What a model is trained on, one row per training image, every value as text: the id, fold
+    (-1: external, training only), target, group, each configured feature column as read, and the
+    image file's content hash."""
+    d = cfg.data
+    cols = [d.id_col, "fold", d.target_col] + ([d.group_col] if d.group_col else [])
+    cols += [c for c in [*cfg.features.categorical, *cfg.features.numeric] if c not in cols]
+    rec = df[cols].astype("string")
+    rec["image_sha"] = pd.array([digests[i] for i in df["cache_row"]], dtype="string")
+    return rec.reset_index(drop=True)
+
+
+def record_changes(saved: pd.DataFrame, now: pd.DataFrame) -> list[str]:
+    """What differs between two training records, in words: rows added or removed, columns whose
+    values changed (with examples), images whose files changed, folds reassigned."""
+    id_col = now.columns[0]
+    if list(saved.columns) != list(now.columns):
+        return [f"columns {list(saved.columns)} -> {list(now.columns)}"]
+    a, b = saved.set_index(id_col), now.set_index(id_col)
+    out = []
+    gone, new = a.index.difference(b.index, sort=False), b.index.difference(a.index, sort=False)
+    if len(new):
+        out.append(f"{len(new)} training row(s) added: {few(new, 3)}")
+    if len(gone):
+        out.append(f"{len(gone)} training row(s) removed: {few(gone, 3)}")
+    common = a.index.intersection(b.index, sort=False)
+    a, b = a.loc[common], b.loc[common]
+    for col in a.columns:
+        x, y = a[col].fillna("<missing>"), b[col].fillna("<missing>")
+        changed = x.index[(x != y).to_numpy()]
+        if not len(changed):
+            continue
+        shown = few([f"{i} ({x[i]} -> {y[i]})" for i in changed[:3]] + list(changed[3:]), 3)
+        if col == "image_sha":
+            out.append(f"{len(changed)} image file(s) changed: {few(changed, 3)}")
+        elif col == "fold":
+            out.append(f"the fold of {len(changed)} row(s) changed: {shown}")
+        else:
+            out.append(f"column '{col}' changed in {len(changed)} row(s): {shown}")
+    return out
+
+
+def read_record(path: Path) -> pd.DataFrame:  # every value as text, as training_record makes it
+    return parse_csv_as_text(path)
+
+
+def _same(a, b) -> bool:
+    """JSON values equal, numbers up to float rounding (a reordered table sums in another order)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def data_changes(exp: Path, record: pd.DataFrame, features: dict) -> list[str]:
+    """How the data of this run differs from what ``exp`` was trained on ([] when the same, or when
+    nothing was recorded yet). The fitted features follow from the record, except with
+    features.fit_on=train+test, where the test table counts too."""
+    out = []
+    if (exp / "data.csv").is_file():
+        out += record_changes(read_record(exp / "data.csv"), record)
+    saved = exp / "features.json"
+    if not out and saved.is_file() and not _same(json.loads(saved.read_text()), json.loads(json.dumps(features))):
+        out.append("the fitted meta-feature transform differs (with features.fit_on=train+test: the test table "
+                   "changed)")
+    return out
+
+
+def changed_data_error(exp: Path, changes: list[str]) -> ExperimentError:
+    return ExperimentError(f"{exp} was trained on other data: {'; '.join(changes[:4])}"
+                           f"{f'; and {len(changes) - 4} more' if len(changes) > 4 else ''}; use a new name "
+                           f"(name=...) or --force to delete its results and train again")
