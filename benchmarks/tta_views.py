@@ -5,8 +5,13 @@ becomes an OOF table that ``python -m pipeline.cv`` compares with intervals; no 
     .venv/bin/python benchmarks/tta_views.py oof/cpuhour/ref_seed42 --views 1,2,4,8
     .venv/bin/python -m pipeline.cv oof/cpuhour/ref_seed42_tta{1,2,4,8} --baseline ref_seed42_tta4 --no-plot
 
-Each table goes beside the experiment, ``<experiment>_tta<views>/oof.csv`` (not into it: the
-experiment folder holds only what train.py writes).
+Each table goes beside the experiment, ``<experiment>_tta<views>/``: a re-prediction folder
+(``tta.json``, what it re-predicts, written first; then ``oof.csv``), new or an earlier re-prediction,
+never an experiment or another tool's folder (pipeline/folders.py): the experiment folder holds only
+what train.py writes. Every problem is refused before any prediction, in one line: view counts
+outside 1..8 (there are 8 views: a 9th would be averaged as if it existed), a folder that is not a
+trained experiment, an output folder of another kind, data that differs from what the experiment was
+trained on (its data.csv: a re-prediction of other rows is no re-prediction).
 
 The predictions are train.py's own path: prepare.prepare, checkpoints.predicting_model (the one way a
 trained fold predicts), engine.predict; the seconds printed are the validation rows' inference time
@@ -23,48 +28,113 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
 
+from pipeline import config as C  # noqa: E402
+from pipeline import folders  # noqa: E402
+from pipeline import oof as oof_table  # noqa: E402
 from pipeline.checkpoints import predicting_model  # noqa: E402
-from pipeline.cli import parse_ints, tune_process  # noqa: E402
+from pipeline.cli import parse_ints, stoppable, tune_process  # noqa: E402
 from pipeline.engine import predict  # noqa: E402
+from pipeline.errors import ExperimentError  # noqa: E402
 from pipeline.experiment import saved_config  # noqa: E402
-from pipeline.io import write_csv  # noqa: E402
-from pipeline.prepare import eval_loader, oof_rows, prepare  # noqa: E402
+from pipeline.io import write_json  # noqa: E402
+from pipeline.prepare import aux_head, eval_loader, oof_rows, prepare  # noqa: E402
+from pipeline.record import data_changes, training_record  # noqa: E402
+from pipeline.stats import auc  # noqa: E402
+
+VIEWS = 8  # engine.tta_views: the flips and transposes of a square image
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", type=Path, help="a trained experiment folder (config.yaml, fold<k>/best.pt)")
-    p.add_argument("--views", default="1,2,4,8", help="comma-separated view counts (1..8)")
-    args = p.parse_args()
-    cfg = saved_config(args.experiment / "config.yaml")
-    cfg.output_dir, cfg.name = str(args.experiment.parent), args.experiment.name
-    views = parse_ints(args.views, "--views")
-    missing = [k for k in range(cfg.folds.n_folds) if not (args.experiment / f"fold{k}" / "best.pt").is_file()]
+def parse_views(text: str) -> list[int]:
+    views = parse_ints(text, "--views", "1,2,4,8")
+    bad = [v for v in views if not 1 <= v <= VIEWS]
+    if bad:
+        raise C.ConfigError(f"--views must be view counts in 1..{VIEWS} (the flips and transposes of an image), "
+                            f"got {bad}")
+    return views
+
+
+def open_experiment(exp: Path) -> C.Config:
+    """The trained config of ``exp``, refused unless it is an experiment whose every fold has a best.pt."""
+    folders.check_names(exp)
+    if not exp.is_dir():
+        raise ExperimentError(f"{exp}: no such folder")
+    kind = folders.kind(exp)
+    if kind != "experiment":
+        what = f"is {folders.describe(kind)}" if kind else "is not a trained experiment (config.yaml, data.csv, ...)"
+        raise ExperimentError(f"{exp}: {what}; tta_views re-predicts the folds of a trained experiment")
+    cfg = saved_config(exp / "config.yaml")
+    cfg.output_dir, cfg.name = str(exp.parent), exp.name
+    missing = [k for k in range(cfg.folds.n_folds) if not (exp / f"fold{k}" / "best.pt").is_file()]
     if missing:
-        sys.exit(f"error: {args.experiment}: fold(s) {missing} have no best.pt; a pooled OOF needs every fold")
-    tune_process()
-    data = prepare(cfg)
-    tables = {v: [] for v in views}
-    seconds = {v: 0.0 for v in views}
+        raise ExperimentError(f"{exp}: fold(s) {missing} have no best.pt; a pooled OOF needs every fold")
+    return cfg
+
+
+def outputs(exp: Path, views: list[int]) -> dict[int, Path]:
+    """``<experiment>_tta<v>`` for each view count, each a new folder or an earlier re-prediction."""
+    outs = {v: exp.with_name(f"{exp.name}_tta{v}") for v in views}
+    for out in outs.values():
+        folders.check_output(out, "re-prediction", "move that folder away (or re-predict a copy of the "
+                                                   "experiment under another name)")
+        folders.check_writable(out, what=" the re-prediction")
+    return outs
+
+
+def check_same_data(exp: Path, cfg: C.Config, data) -> None:
+    changes = data_changes(exp, training_record(data.df, cfg, data.digests), data.fitted())
+    if changes:
+        raise ExperimentError(f"{exp} was trained on other data: {'; '.join(changes[:4])}; a re-prediction must "
+                              f"see the rows and images it was trained on: restore them (data.root in its config.yaml)")
+
+
+def predict_views(cfg: C.Config, data, exp: Path, views: list[int]) -> tuple[dict, dict]:
+    """Each view count's OOF rows and its inference seconds, fold by fold."""
+    tables, seconds = {v: [] for v in views}, {v: 0.0 for v in views}
     for k in range(cfg.folds.n_folds):
         idx = np.flatnonzero(data.df["fold"].to_numpy() == k)
         loader = eval_loader(cfg, data, idx)
-        model, rt = predicting_model(cfg, data.meta.shape[1], args.experiment / f"fold{k}")
+        model, rt = predicting_model(cfg, data.meta.shape[1], exp / f"fold{k}", data.diagnosis if aux_head(cfg) else None)
         for v in views:
             start = time.perf_counter()
             pred = predict(model, loader, rt, tta=v, desc=f"fold {k} TTA x{v}")
             seconds[v] += time.perf_counter() - start
             tables[v].append(oof_rows(cfg, data, idx, pred))
+    return tables, seconds
+
+
+def write_re_prediction(out: Path, exp: Path, views: int, oof: pd.DataFrame) -> None:
+    """tta.json first (the marker), after the files of an earlier re-prediction have gone."""
+    for name in ("oof.csv", "roc.png"):
+        (out / name).unlink(missing_ok=True)
+    write_json(out / "tta.json", {"experiment": str(exp), "resolved": str(exp.resolve()), "views": views})
+    oof_table.write(out / "oof.csv", oof)
+
+
+def re_predict(exp: Path, views_text: str) -> None:
+    views = parse_views(views_text)
+    exp = exp.resolve() if exp.name in ("", ".", "..") else exp
+    cfg = open_experiment(exp)
+    outs = outputs(exp, views)
+    tune_process()
+    data = prepare(cfg)
+    check_same_data(exp, cfg, data)
+    tables, seconds = predict_views(cfg, data, exp, views)
+    print(f"(the experiment's own oof.csv: TTA x{cfg.infer.tta})")
     for v in views:
-        oof = pd.concat(tables[v])
-        out = args.experiment.with_name(f"{args.experiment.name}_tta{v}")
-        out.mkdir(parents=True, exist_ok=True)
-        write_csv(out / "oof.csv", oof)
-        print(f"TTA x{v}: pooled OOF AUC {roc_auc_score(oof['target'], oof['pred']):.4f}, "
-              f"{seconds[v]:.1f} s for {len(oof)} images -> {out / 'oof.csv'}")
+        oof = pd.concat(tables[v], ignore_index=True)
+        write_re_prediction(outs[v], exp, v, oof)
+        print(f"TTA x{v}: pooled OOF AUC {auc(oof['target'], oof['pred']):.4f}, "
+              f"{seconds[v]:.1f} s for {len(oof)} images -> {outs[v] / 'oof.csv'}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("experiment", type=Path, help="a trained experiment folder (config.yaml, fold<k>/best.pt)")
+    p.add_argument("--views", default="1,2,4,8", help=f"comma-separated view counts (1..{VIEWS})")
+    args = p.parse_args(argv)
+    return stoppable(lambda: re_predict(args.experiment, args.views))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

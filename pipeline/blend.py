@@ -21,7 +21,14 @@ Methods:
            submission uses weights fitted on all rows.
 
 Members must hold the same rows, in the same folds, with the same targets; their submissions the
-same ids in the same order. An existing folder is replaced only when it is a blend (has blend.json).
+same ids in the same order (the blend's keeps the first member's columns, in its order). An existing
+folder is replaced only when it is a blend (has blend.json), and whole; no blend goes into or below
+an experiment or another tool's folder (pipeline/folders.py).
+
+Like with like: a rank or fitted blend is made of per-fold ranks, so the members' pooled AUC printed
+beside it is of their per-fold ranks too (ranking alone lifts a pooled AUC whose folds are on
+different scales: a member predicting a constant would seem to help); ``pipeline.cv`` compares a rank
+blend with anything on per-fold ranks. A mean blend of probabilities refuses a rank blend as a member.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
+from . import folders
 from .config import plain_name
 from .errors import ConfigError, DataError, ExperimentError
 from .oof import Layout, aligned, layout_of, read_both_classes
@@ -49,6 +57,7 @@ def check_name(name: str) -> str:
     # the name becomes one folder beside the members: a path could write over anything
     if not plain_name(name):
         raise ConfigError(f"--name must be a plain folder name (no '/', not '.' or '..'), got {name!r}")
+    folders.check_names(name, "--name")
     return name
 
 
@@ -60,6 +69,8 @@ def default_output_dir(first: Path) -> Path:
 def check_members(members: list[Path]) -> None:
     if len(members) < 2:
         raise ConfigError(f"a blend needs at least two members, got {len(members)}: {few(members)}")
+    for m in members:
+        folders.check_names(m)
     resolved = [m.resolve() for m in members]
     twice = [str(m) for i, m in enumerate(members) if resolved[i] in resolved[:i]]
     if twice:
@@ -70,16 +81,22 @@ def check_members(members: list[Path]) -> None:
 
 
 def check_output(out: Path, members: list[Path]) -> None:
-    """Only a blend may be replaced: anything else in the way is the user's (an experiment, a member)."""
+    """Only a blend may be replaced: anything else in the way is the user's (an experiment, a member),
+    and a blend goes nowhere inside an experiment or another tool's folder (folders.py)."""
     if out.resolve() in [m.resolve() for m in members]:
         raise ExperimentError(f"{out}: is one of the members; use another --name")
-    if out.exists() and not out.is_dir():
-        raise ExperimentError(f"{out}: exists and is not a folder; use another --name")
-    if out.is_dir() and not (out / "blend.json").is_file():
-        held = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
-        if held:  # an empty folder holds nothing to lose
-            raise ExperimentError(f"{out}: exists and is not a blend (no blend.json; it holds {few(held)}); "
-                                  f"use another --name or --output-dir")
+    advice = "use another --name or --output-dir"
+    folders.check_output(out, "blend", advice)
+    folders.check_writable(out, what=" the blend", advice=advice)
+
+
+def check_method(method: str, members: list[Path]) -> None:
+    """A mean of probabilities cannot take a member whose predictions are ranks (a rank blend)."""
+    ranked = [str(m) for m in members if folders.ranked(m)]
+    if method == "mean" and ranked:
+        raise ConfigError(f"--method mean averages probabilities, but {', '.join(ranked)} "
+                          f"{'is a rank blend' if len(ranked) == 1 else 'are rank blends'} (pred: a rank within "
+                          f"each fold); use --method rank or fit")
 
 
 def align(oofs: list[pd.DataFrame], members: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, Layout]:
@@ -162,9 +179,13 @@ def blend_oof(preds: pd.DataFrame, fold: pd.Series, target: pd.Series,
     return out, fit_weights(ranks, target), per_fold
 
 
-def read_submission(path: Path) -> pd.DataFrame:
-    """id (text, as written) and one finite prediction column (tables.check_submission)."""
-    return check_submission(parse_csv_as_text(path), path=path, probabilities=False)
+def read_submission(path: Path, id_col: str | None) -> pd.DataFrame:
+    """id (text, as written) and one finite prediction column (tables.check_submission), in this
+    order; ``attrs["columns"]``: the file's order (a template may put the prediction first)."""
+    raw = parse_csv_as_text(path)
+    sub = check_submission(raw, id_col=id_col if id_col in raw.columns else None, path=path, probabilities=False)
+    sub.attrs["columns"] = list(raw.columns)
+    return sub
 
 
 def check_same_ids(a: pd.DataFrame, b: pd.DataFrame, a_path: Path, b_path: Path) -> None:
@@ -181,14 +202,14 @@ def check_same_ids(a: pd.DataFrame, b: pd.DataFrame, a_path: Path, b_path: Path)
                     f"{few([f'line {i + 2}: {x[i]} vs {y[i]}' for i in diff], 3)}")
 
 
-def read_submissions(members: list[Path]) -> tuple[list[pd.DataFrame] | None, str]:
-    """Every member's submission, checked against the first; or None and why not (not an error: the
-    OOF blend is useful before inference)."""
+def read_submissions(members: list[Path], id_col: str | None) -> tuple[list[pd.DataFrame] | None, str]:
+    """Every member's submission (its id column named as in the OOF tables), checked against the
+    first; or None and why not (not an error: the OOF blend is useful before inference)."""
     paths = [m / "submission.csv" for m in members]
     missing = [str(m) for m, p in zip(members, paths) if not p.is_file()]
     if missing:
         return None, f"no submission.csv in {few(missing)} (run infer.py for it)"
-    subs = [read_submission(p) for p in paths]
+    subs = [read_submission(p, id_col) for p in paths]
     for sub, path in zip(subs[1:], paths[1:]):
         check_same_ids(subs[0], sub, paths[0], path)
     return subs, ""
@@ -201,26 +222,28 @@ def blend_submission(subs: list[pd.DataFrame], method: str, weights: np.ndarray)
     if method != "mean":
         test = np.column_stack([fold_ranks(c) for c in test.T])
     id_col, col = subs[0].columns
-    return pd.DataFrame({id_col: subs[0][id_col], col: test @ weights})
+    return pd.DataFrame({id_col: subs[0][id_col], col: test @ weights})[subs[0].attrs["columns"]]
 
 
-def pooled_auc(oof: pd.DataFrame) -> tuple[float, float]:
-    """The pooled AUC and the mean of the fold AUCs, as pipeline.cv reports them."""
-    target, pred = oof["target"].to_numpy(), oof["pred"].to_numpy()
-    return auc(target, pred), float(pd.Series(fold_aucs(target, pred, oof["fold"].to_numpy())).mean())
+def pooled_auc(oof: pd.DataFrame, ranks: bool) -> tuple[float, float]:
+    """The pooled AUC (of per-fold ranks with ``ranks``) and the mean of the fold AUCs, as pipeline.cv
+    reports them."""
+    target, pred, fold = oof["target"].to_numpy(), oof["pred"].to_numpy(), oof["fold"].to_numpy()
+    pooled = auc(target, fold_ranks(pred, fold) if ranks else pred)
+    return pooled, float(pd.Series(fold_aucs(target, pred, fold)).mean())
 
 
 def write_blend(out: Path, info: dict, oof: pd.DataFrame, sub: pd.DataFrame | None) -> None:
     from .io import write_csv, write_json  # imports torch: not needed to report wrong input
     out.mkdir(parents=True, exist_ok=True)
-    # blend.json first: a folder interrupted half-way is still recognised as a blend and replaced
+    # a replaced blend's files go first (roc.png: drawn by pipeline.cv), but blend.json, its marker:
+    # written first, so that a folder interrupted half-way is still a blend, without a file of the old one
+    for name in ("oof.csv", "submission.csv", "roc.png"):
+        (out / name).unlink(missing_ok=True)
     write_json(out / "blend.json", info)
     write_oof(out / "oof.csv", oof)
     if sub is not None:
         write_csv(out / "submission.csv", sub)
-    else:  # the replaced blend's submission would not match this blend
-        (out / "submission.csv").unlink(missing_ok=True)
-    (out / "roc.png").unlink(missing_ok=True)  # drawn by pipeline.cv for the replaced blend
 
 
 def blend(members: list[str | Path], name: str, method: str = "rank", output_dir: str | Path | None = None) -> dict:
@@ -232,9 +255,10 @@ def blend(members: list[str | Path], name: str, method: str = "rank", output_dir
     check_members(members)
     out = Path(output_dir if output_dir is not None else default_output_dir(members[0])) / name
     check_output(out, members)
+    check_method(method, members)
     oofs = [read_both_classes(m) for m in members]  # align checks the ids
     base, preds, layout = align(oofs, members)
-    subs, why_not = read_submissions(members)  # before writing: a bad submission must leave nothing half-done
+    subs, why_not = read_submissions(members, layout.id)  # before writing: a bad one must leave nothing half-done
     pred, weights, per_fold = blend_oof(preds, base["fold"], base["target"], method)
     oof = oof_table(layout, base.index, base["group"] if layout.group else None, base["fold"], base["target"],
                     pred.to_numpy())
@@ -255,12 +279,19 @@ def blend(members: list[str | Path], name: str, method: str = "rank", output_dir
 
 def print_scores(members: list[Path], oofs: list[pd.DataFrame], out: Path, method: str,
                  weights: np.ndarray, oof: pd.DataFrame) -> None:
-    rows = [(str(m), f"{w:.3f}", *pooled_auc(o)) for m, o, w in zip(members, oofs, weights)]
-    rows.append((f"{out} ({method})", "", *pooled_auc(oof)))
+    """The members' figures beside the blend's, computed the same way: a rank or fitted blend is a
+    blend of per-fold ranks, so the members' pooled AUC is of their per-fold ranks too (ranking alone
+    can lift a pooled AUC whose folds are on different scales: a constant member would seem to help)."""
+    ranks = method != "mean"
+    rows = [(str(m), f"{w:.3f}", *pooled_auc(o, ranks)) for m, o, w in zip(members, oofs, weights)]
+    rows.append((f"{out} ({method})", "", *pooled_auc(oof, ranks)))
     width = max(len(r[0]) for r in rows)
-    print(f"{'':{width}}  weight  pooled OOF AUC  mean fold AUC")
-    for label, w, pooled, mean in rows:
-        print(f"{label:{width}}  {w:>6}  {pooled:14.4f}  {mean:13.4f}")
+    pooled = "pooled AUC of per-fold ranks" if ranks else "pooled OOF AUC"
+    print(f"{'':{width}}  weight  {pooled}  mean fold AUC")
+    for label, w, auc_, mean in rows:
+        print(f"{label:{width}}  {w:>6}  {auc_:{len(pooled)}.4f}  {mean:13.4f}")
+    if ranks:
+        print("(every figure of per-fold ranks, as the blend is made of them: compare with pipeline.cv's 'rank AUC')")
 
 
 if __name__ == "__main__":

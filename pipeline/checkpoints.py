@@ -114,13 +114,14 @@ def retire(fold_dir: Path) -> None:
     remove_stale_temps(fold_dir)
 
 
-def predicting_model(cfg, n_meta: int, fold_dir: Path, device: torch.device | None = None, cpu_bf16: bool = False,
-                     progress: bool = True) -> tuple[torch.nn.Module, Runtime]:
+def predicting_model(cfg, n_meta: int, fold_dir: Path, diagnosis=None, device: torch.device | None = None,
+                     cpu_bf16: bool = False, progress: bool = True) -> tuple[torch.nn.Module, Runtime]:
     """The model that predicts for a trained fold, on its runtime: the experiment's architecture
     (``cfg``, the trained config) with ``fold_dir/best.pt``'s weights. The one way a trained fold
     predicts: its OOF rows (trainer.finish_fold), the submission (infer.py), re-predictions
-    (benchmarks/tta_views.py). ``cpu_bf16`` turns bfloat16 on for CPU inference only."""
-    model = build_model(cfg, n_meta, pretrained="none")
+    (benchmarks/tta_views.py). ``diagnosis``: the classes of the diagnosis head, when it has one.
+    ``cpu_bf16`` turns bfloat16 on for CPU inference only."""
+    model = build_model(cfg, n_meta, diagnosis, pretrained="none")
     model.load_state_dict(load_checkpoint(fold_dir / "best.pt")["model"])
     t = cfg.train
     rt = make_runtime(model, t.amp, t.cpu_bf16 or cpu_bf16, t.channels_last, device, progress=progress)

@@ -21,13 +21,19 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def parse_ints(text: str | None, option: str = "--folds") -> list[int] | None:
-    if not text:
+def parse_ints(text: str | None, option: str = "--folds", example: str = "0,2") -> list[int] | None:
+    """A comma-separated list flag's integers, duplicates dropped (in their order); None when the flag
+    was not given. A flag that is given holds at least one integer: an empty list (``--seeds ,``,
+    ``--folds ''``) is refused, never read as "all" or as no flag at all."""
+    if text is None:
         return None
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise C.ConfigError(f"{option} expects comma-separated integers such as 0,2, got {text!r}") from None
+        values = []
+    if not values:
+        raise C.ConfigError(f"{option} expects comma-separated integers such as {example}, got {text!r}")
+    return list(dict.fromkeys(values))
 
 
 def run(main) -> None:
@@ -37,6 +43,17 @@ def run(main) -> None:
     except (Interrupted, KeyboardInterrupt):
         print("stopped; run the same command again to resume", file=sys.stderr)
         sys.exit(130)
+
+
+def stoppable(main) -> int:
+    """``guarded(main)`` for the commands that only write results (reports, blends, samples): Ctrl-C is
+    one line and exit code 130, not a traceback; every file is written whole or not at all."""
+    try:
+        return guarded(main)
+    except KeyboardInterrupt:
+        print("stopped (Ctrl-C); the files written so far are whole: run the same command again for the rest",
+              file=sys.stderr)
+        return 130
 
 
 def tune_process(cfg: C.Config | None = None) -> None:
@@ -57,13 +74,15 @@ def train_main(argv=None):
     p.add_argument("--seeds", help="comma-separated training seeds, e.g. 1,2,3: one experiment each, named "
                                    "<name>_seed<k>, then compared (the seed-to-seed noise, measured)")
     args = p.parse_intermixed_args(argv)
-    folds, seeds = parse_ints(args.folds), parse_ints(args.seeds, "--seeds")
-    cfg = C.load_config(args.config, args.overrides + ([f"train.folds={folds}"] if folds else []))
+    folds, seeds = parse_ints(args.folds), parse_ints(args.seeds, "--seeds", "1,2,3")
+    cfg = C.load_config(args.config, args.overrides + ([f"train.folds={folds}"] if folds is not None else []))
     runs = [C.with_overrides(C.from_dict(C.to_dict(cfg)), [f"train.seed={s}", f"name={cfg.name}_seed{s}"])
-            for s in seeds] if seeds else [cfg]
+            for s in seeds] if seeds is not None else [cfg]
     from . import distributed
     from .cv import compare, report
     from .trainer import train
+    if len(runs) > 1:
+        check_runs(runs, args.force)
     tune_process(cfg)
     dist = distributed.init()  # torchrun: join its process group
     try:
@@ -75,6 +94,16 @@ def train_main(argv=None):
             report(r.exp_dir)
     if len(runs) > 1 and all(not oof.empty for oof in oofs):
         compare([r.exp_dir for r in runs], plot=False)
+
+
+def check_runs(runs: list, force: bool) -> None:
+    """``--seeds``: every run's experiment folder (its name, kind and config) and the folder of their
+    comparison are checked before the first run trains: a refusal after the others trained is too late."""
+    from .cv import comparison_folder
+    from .experiment import check_config
+    for r in runs:
+        check_config(r, force)
+    comparison_folder([r.exp_dir for r in runs])
 
 
 def infer_main(argv=None):
@@ -117,7 +146,7 @@ def cv_main(argv=None) -> int:
         from .cv import compare
         compare(exp_dirs, args.baseline, plot=not args.no_plot, n_boot=args.bootstrap, seed=args.seed, out=args.out)
 
-    return guarded(run)
+    return stoppable(run)
 
 
 def blend_main(argv=None) -> int:
@@ -133,21 +162,48 @@ def blend_main(argv=None) -> int:
     def run():
         blend(args.members, args.name, args.method, args.output_dir)
 
-    return guarded(run)
+    return stoppable(run)
 
 
-def sample_main(argv=None) -> None:
-    """``python -m pipeline.sample DIR``: write the synthetic demo data (not real) into DIR."""
+def sample_main(argv=None) -> int:
+    """``python -m pipeline.sample DIR``: write the synthetic demo data (not real) into DIR, a new or
+    empty folder (generated in DIR.tmp and renamed into place: an interrupted run leaves DIR as it was)."""
     import time
     from pathlib import Path
-    from .sample import generate_sample
-    p = argparse.ArgumentParser(description="Generate synthetic demo data (not real).")
+    p = argparse.ArgumentParser(description="Generate synthetic demo data (not real) into a new or empty folder.")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-train-patients", type=int, default=80)
     p.add_argument("--n-test-patients", type=int, default=20)
     p.add_argument("--image-size", type=int, default=128)
     args = p.parse_args(argv)
-    start = time.perf_counter()
-    generate_sample(args.out_dir, args.n_train_patients, args.n_test_patients, args.image_size, args.seed)
-    print(f"wrote synthetic sample to {args.out_dir} in {time.perf_counter() - start:.1f} s")
+
+    def main():
+        from . import folders
+        from .errors import ExperimentError
+        from .sample import ensure_sample
+        from .tables import few
+        for option, value, least in [("--seed", args.seed, 0), ("--n-train-patients", args.n_train_patients, 1),
+                                     ("--n-test-patients", args.n_test_patients, 1), ("--image-size", args.image_size, 16)]:
+            if value < least:
+                raise C.ConfigError(f"{option} must be >= {least}, got {value}")
+        out = folders.check_names(args.out_dir)
+        advice = "the sample goes into a new or empty folder"
+        if out.exists() and not out.is_dir():
+            raise ExperimentError(f"{out}: exists and is not a folder; {advice}")
+        if out.is_dir() and any(out.iterdir()):
+            raise ExperimentError(f"{out}: exists and is not empty (it holds {few(folders.listing(out))}); {advice}")
+        folders.check_not_inside(out, advice)
+        folders.check_writable(out)
+        start = time.perf_counter()
+        try:
+            ensure_sample(out, n_train_patients=args.n_train_patients, n_test_patients=args.n_test_patients,
+                          image_size=args.image_size, seed=args.seed)
+        except OSError as e:  # the disk filled up: one line (what was written is beside it, <out>.tmp)
+            raise folders.storage_error(out, e) or e from None
+        print(f"wrote synthetic sample to {out} in {time.perf_counter() - start:.1f} s")
+
+    code = stoppable(main)
+    if code:
+        sys.exit(code)
+    return code

@@ -43,6 +43,15 @@ class DataConfig:
     external_csv: str = opt("", "extra table used for training only (never validated or scored), e.g. ISIC 2019")
     external_images: str = opt("", "folder of the external table's images")
     external_rename: dict = opt({}, "rename external columns to this config's names, e.g. {image: image_name}")
+    diagnosis_col: str = opt("", "multi-class diagnosis column (e.g. diagnosis): an auxiliary training target "
+                                 "(train.aux_weight) and part of the recorded data; '' = none")
+    diagnosis_min_rows: int = opt(10, "diagnosis classes with fewer training rows than this are grouped into 'other'")
+    melanoma_class: str = opt("melanoma", "the diagnosis class that is the positive target (target 1)")
+    max_contradictions: float = opt(0.01, "largest fraction of training rows whose diagnosis contradicts the target "
+                                          "(target 1 with another class, or the melanoma class with target 0): "
+                                          "listed with a warning; above it, an error")
+    external_diagnosis: dict = opt({}, "the external table's one-hot diagnosis columns and the class each stands for, "
+                                       "e.g. {MEL: melanoma, NV: nevus}; {} = its diagnosis_col as a column")
     on_bad_image: str = opt("fail", "corrupt or unreadable training image: 'fail' or 'skip' (listed)")
     generate_sample: bool = opt(True, "write the bundled synthetic sample into root if train_csv is missing")
     cache_dir: str = opt("input/cache", "decoded-image cache (uint8 arrays at the training size)")
@@ -78,6 +87,9 @@ class ModelConfig:
     head_dropout: float = opt(0.3, "dropout before the head (multi-sample)")
     dropout_samples: int = opt(4, "multi-sample dropout: head evaluated this many times, averaged")
     drop_path_rate: float = opt(0.1, "stochastic depth of the backbone")
+    predict: str = opt("binary", "what the model predicts (validation, OOF, submission): binary (the binary "
+                                 "head), diagnosis (the melanoma class's probability from the diagnosis head) "
+                                 "or mean (of the two); the last two need the diagnosis head")
 
 
 @dataclass
@@ -94,7 +106,10 @@ class TrainConfig:
     lookahead_alpha: float = opt(0.5, "Lookahead: slow weights step size")
     mixup_prob: float = opt(0.5, "probability that a batch is mixed")
     mixup_alpha: float = opt(0.4, "mixup lambda ~ Beta(alpha, alpha)")
-    bias_init: bool = opt(True, "initialise the head bias to the fold's log-odds")
+    bias_init: bool = opt(True, "initialise the head bias to the fold's log-odds (and the diagnosis head's to "
+                                "the log of each class's share)")
+    aux_weight: float = opt(0.0, "weight of the diagnosis head's cross-entropy beside the binary BCE; > 0 (with "
+                                 "data.diagnosis_col) adds the head")
     ema: bool = opt(False, "validate, checkpoint and predict with an exponential moving average of the weights "
                            "(timm ModelEmaV3)")
     ema_decay: float = opt(0.998, "EMA decay per optimizer step (timm's warmup: the first steps average fewer)")
@@ -155,6 +170,13 @@ class Config:
             (all(0.0 <= p < 1.0 for p in (m.meta_dropout, m.head_dropout, m.drop_path_rate)),
              "model.meta_dropout, model.head_dropout and model.drop_path_rate must be in [0, 1)"),
             (m.dropout_samples >= 1, "model.dropout_samples must be >= 1"),
+            (m.predict in PREDICT, f"model.predict must be one of {', '.join(PREDICT)}, got {m.predict!r}"),
+            (m.predict == "binary" or (d.diagnosis_col and t.aux_weight > 0),
+             f"model.predict={m.predict} needs the diagnosis head: set data.diagnosis_col and train.aux_weight > 0"),
+            (t.aux_weight >= 0 and (t.aux_weight == 0 or d.diagnosis_col),
+             "train.aux_weight must be >= 0, and > 0 only with data.diagnosis_col"),
+            (d.diagnosis_min_rows >= 1 and 0.0 <= d.max_contradictions <= 1.0,
+             "data.diagnosis_min_rows must be >= 1 and data.max_contradictions in [0, 1]"),
             (t.epochs >= 1, "train.epochs must be >= 1"),
             (t.batch_size >= 2, f"train.batch_size must be >= 2 (batch norm needs two rows), got {t.batch_size}"),
             (t.accumulate >= 1 and t.batch_size % t.accumulate == 0 and t.batch_size // t.accumulate >= 2,
@@ -184,6 +206,7 @@ class Config:
 
 
 PRETRAINED = ("auto", "offline", "timm", "none")
+PREDICT = ("binary", "diagnosis", "mean")
 
 
 def plain_name(name: str) -> bool:
@@ -227,6 +250,9 @@ def _coerce(key: str, value, typ):
 def _update(obj, values: dict, prefix: str = ""):
     hints = typing.get_type_hints(type(obj))
     for key, value in values.items():
+        if not isinstance(key, str):  # YAML reads `1:` or `yes:` as a number or a boolean
+            raise ConfigError(f"config key {prefix}{key!r} is not a name ({type(key).__name__}); keys are section "
+                              f"and field names such as train.epochs")
         full = prefix + key
         if key not in hints:
             raise ConfigError(f"unknown config key '{full}' (see --help for the keys)")
@@ -246,11 +272,17 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form section.key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({str(e).splitlines()[0]})") from None
         node = out
         parts = key.strip().split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):  # `train=1 train.epochs=2`
+                raise ConfigError(f"override '{item}' sets a key inside '{'.'.join(parts[:i + 1])}', which another "
+                                  f"override sets to a value")
         node[parts[-1]] = value
     return out
 
@@ -264,12 +296,19 @@ def from_dict(values: dict) -> Config:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        if path.is_dir():
+            raise ConfigError(f"{path}: a folder, not a config file")
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it "
+                          f"as UTF-8") from None
+    except OSError as e:  # not allowed, a name too long for the file system, ...
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return values

@@ -23,29 +23,31 @@ Several experiments (trained on the same rows and the same folds) print one row 
 - the per-fold AUCs with grouped-bootstrap intervals, and the Pearson correlation of the experiments'
   predictions (aligned by id) and of their per-fold ranks.
 
-There is deliberately no DeLong test: its variance treats every row as independent. With several
-correlated images per patient that is not so and its p-values come out too small. Where DeLong is
-valid (one image per patient) the paired grouped bootstrap gives the same answer, and where it is not
-it would only add a second, over-confident figure (simulated: benchmarks/README.md, "DeLong against
-the grouped bootstrap").
+There is deliberately no DeLong test: its variance treats every row as independent, which a patient's
+correlated images are not, and its p-values come out too small; where it is valid the paired grouped
+bootstrap gives the same answer (simulated: benchmarks/README.md, "DeLong against the grouped bootstrap").
 
 The bootstrap uses one numpy Generator seeded by --seed: the same experiments and seed give the
-same numbers, and an experiment's interval does not depend on which others it is compared with
-(all replicates resample the shared patients).
+same numbers, and an experiment's interval does not depend on which others it is compared with.
+
+Like with like: experiments on different rows, folds or targets are refused with one line naming both
+folders; when one of them is a rank blend (its pred a rank within each fold: pipeline/blend.py), every
+experiment's predictions are ranked within each fold before any figure, and the output says so.
 
 Files (all written atomically) go to --out, by default ``<parent of the first experiment>/compare/
-<name>+<name>...`` (``oof/compare/a+b``; ``oof/compare/a`` for one experiment): never into an
-experiment folder, where they would be files that train.py --force refuses to delete.
-compare.csv (the comparison table), folds.csv (fold AUCs with intervals), correlation.csv, and unless
---no-plot: roc.png, fold_auc.png, learning_curves.png, calibration.png, pred_by_class.png and
-report.html, one self-contained page holding the tables and the pictures (inline, no network).
-Experiments on different rows, folds or targets are refused with one line naming both folders.
+<name>+<name>...`` (``oof/compare/a+b``; ``oof/compare/a`` for one experiment): a new or empty folder
+or an earlier comparison, whose files are replaced (never an experiment, a blend or anything inside
+one: pipeline/folders.py). compare.csv (the comparison table, and the folder's marker), folds.csv
+(fold AUCs with intervals), correlation.csv, and unless --no-plot: roc.png, fold_auc.png,
+learning_curves.png, calibration.png, pred_by_class.png and report.html, one self-contained page
+holding the tables and the pictures (inline, no network).
 
 Statistics: pipeline/stats.py; oof.csv: pipeline/oof.py; pictures: pipeline/report.py; options: cli.cv_main.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -53,11 +55,15 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
+from . import folders
 from .errors import ConfigError
 from .oof import aligned, read_both_classes
 from .stats import (auc, bootstrap_auc, draw_groups, fold_aucs, fold_ranks, group_codes, paired_difference,
                     percentile_interval)
 from .tables import few, parse_csv
+
+COMPARISON_FILES = ("compare.csv", "folds.csv", "correlation.csv", "roc.png", "fold_auc.png",  # compare.csv: the
+                    "learning_curves.png", "calibration.png", "pred_by_class.png", "report.html")  # marker, first
 
 # ---------------------------------------------------------------- experiments side by side
 
@@ -161,12 +167,24 @@ def groups_across_folds(frame: pd.DataFrame) -> list[str]:
 
 
 def default_out(dirs: list[Path], names: list[str]) -> Path:
-    """``<parent of the first>/compare/<a>+<b>...``; long lists keep the first name and a hash."""
+    """``<parent of the first>/compare/<a>+<b>...``; past 100 bytes (names are limited in bytes, not
+    characters), the start of the first name, the count of the others and a hash."""
     joined = "+".join(Path(n).name for n in names)
-    if len(joined) > 100:
+    if len(os.fsencode(joined)) > 100:
         digest = hashlib.sha1("\0".join(str(d.resolve()) for d in dirs).encode()).hexdigest()[:8]
-        joined = f"{Path(names[0]).name}+{len(names) - 1}-more-{digest}"
+        first = os.fsencode(Path(names[0]).name)[:60].decode("utf-8", "ignore")  # whole characters only
+        joined = f"{first}+{len(names) - 1}-more-{digest}"
     return dirs[0].parent / "compare" / joined
+
+
+def comparison_folder(dirs: list, out: str | Path | None = None, advice: str = "use another --out") -> Path:
+    """Where the comparison of ``dirs`` goes (``out``, else ``default_out``), checked before any work:
+    a new or empty folder or an earlier comparison (folders.py), that can be written."""
+    dirs = [Path(d) for d in dirs]
+    out = folders.check_output(Path(out) if out is not None else default_out(dirs, labels(dirs)), "comparison",
+                               advice)
+    folders.check_writable(out, what=" the comparison", advice=advice)
+    return out
 
 
 def pick_baseline(baseline: str | None, dirs: list[Path], names: list[str]) -> int | None:
@@ -181,26 +199,45 @@ def pick_baseline(baseline: str | None, dirs: list[Path], names: list[str]) -> i
 
 
 def analyse(exp_dirs: list, baseline: str | None = None, n_boot: int = 1000, seed: int = 0) -> SimpleNamespace:
-    """Read the experiments and compute every table of their report: nothing printed or written.
-    ``given``: the folders as given; ``dirs``: the same, with ``.`` and ``..`` resolved to a name."""
-    given = [Path(d) for d in exp_dirs]
-    # `.` names no experiment (and its parent would be the experiment itself): use the real folder
+    """Read the experiments and compute every table of their report: nothing printed or written."""
+    given, dirs = experiment_dirs(exp_dirs)
+    names = labels(dirs)
+    base = pick_baseline(baseline, dirs, names)
+    frame = aligned([read_both_classes(d) for d in dirs], dirs)
+    ranked = [n for n, d in zip(names, dirs) if folders.ranked(d)]
+    if ranked:  # like with like: a rank blend's pred is a rank within each fold, so every pred becomes one
+        for k in range(len(names)):
+            frame[f"pred:{k}"] = fold_ranks(frame[f"pred:{k}"].to_numpy(), frame["fold"].to_numpy())
+    logs = [read_logs(d, frame["fold"].unique()) for d in dirs]
+    has_logs = [any((d / f"fold{int(f)}" / "log.csv").is_file() for f in frame["fold"].unique()) for d in dirs]
+    corr, rank_corr = correlations(frame, names)
+    return SimpleNamespace(given=given, dirs=dirs, names=names, frame=frame, logs=logs, has_logs=has_logs,
+                           n_boot=n_boot, seed=seed, corr=corr, rank_corr=rank_corr, ranked=ranked,
+                           table=compare_table(frame, names, dirs, logs, has_logs, n_boot, seed, base).assign(
+                               basis="per-fold rank" if ranked else "pred"),
+                           folds=fold_auc_table(frame, names, n_boot, seed), leaks=groups_across_folds(frame))
+
+
+def experiment_dirs(exp_dirs: list) -> tuple[list[Path], list[Path]]:
+    """The folders as given, and the same with ``.`` and ``..`` resolved to a name (``.`` names no
+    experiment, and its parent would be the experiment itself); each once."""
+    given = [folders.check_names(d) for d in exp_dirs]
     dirs = [d.resolve() if d.name in ("", ".", "..") else d for d in given]
     seen = {}
     for d in dirs:
         if d.resolve() in seen:
             raise ConfigError(f"{d}: given twice (also as {seen[d.resolve()]})")
         seen[d.resolve()] = d
-    names = labels(dirs)
-    base = pick_baseline(baseline, dirs, names)
-    frame = aligned([read_both_classes(d) for d in dirs], dirs)
-    logs = [read_logs(d, frame["fold"].unique()) for d in dirs]
-    has_logs = [any((d / f"fold{int(f)}" / "log.csv").is_file() for f in frame["fold"].unique()) for d in dirs]
-    corr, rank_corr = correlations(frame, names)
-    return SimpleNamespace(given=given, dirs=dirs, names=names, frame=frame, logs=logs, has_logs=has_logs,
-                           n_boot=n_boot, seed=seed, corr=corr, rank_corr=rank_corr,
-                           table=compare_table(frame, names, dirs, logs, has_logs, n_boot, seed, base),
-                           folds=fold_auc_table(frame, names, n_boot, seed), leaks=groups_across_folds(frame))
+    return given, dirs
+
+
+def basis_note(a: SimpleNamespace) -> str | None:
+    """What the figures are of when not of pred as written: a rank blend makes every pred a per-fold rank."""
+    if a.ranked:
+        blends = f"{', '.join(a.ranked)} {'is a rank blend' if len(a.ranked) == 1 else 'are rank blends'}"
+        return (f"compared on per-fold ranks, not on pred: {blends} (pred: a rank within each fold), so every "
+                f"prediction is ranked within each fold before any figure here")
+    return None
 
 
 # ---------------------------------------------------------------- printing
@@ -268,7 +305,12 @@ def print_experiment(a: SimpleNamespace, plot: bool, details: bool = True) -> di
     print(folds.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"fold AUC mean {row['fold_auc_mean']:.4f} +- {row['fold_auc_std']:.4f} over {row['folds']} fold(s)")
     print(f"pooled OOF AUC {row['pooled_auc']:.4f} ({row['rows']} rows, {row['positives']} positives)")
-    if plot:
+    if basis_note(a):
+        print(f"note: {basis_note(a)}")
+    reason = folders.why_not_writable(exp_dir) if plot else None
+    if reason:  # an experiment on a read-only disk is still reported
+        print(f"warning: {exp_dir / 'roc.png'} not drawn ({reason})", file=sys.stderr)
+    elif plot:
         from .io import atomic_write  # imports torch: not needed to report a malformed table
         from .report import fold_roc_figure, png_bytes
         data = png_bytes(fold_roc_figure(a.frame["target"].to_numpy(), a.frame["pred:0"].to_numpy(),
@@ -286,6 +328,8 @@ def print_experiment(a: SimpleNamespace, plot: bool, details: bool = True) -> di
 
 def print_comparison(a: SimpleNamespace) -> None:
     print(f"Compare {len(a.dirs)} experiments: {summary_line(a.frame, a.n_boot, a.seed)}")
+    if basis_note(a):
+        print(f"note: {basis_note(a)}")
     shown = display_table(a.table)
     shown["experiment"] = shown["experiment"].str.ljust(shown["experiment"].str.len().max())
     print(shown.to_string(index=False, justify="left"))
@@ -298,8 +342,12 @@ def print_comparison(a: SimpleNamespace) -> None:
 
 
 def write_files(a: SimpleNamespace, out: Path, plot: bool) -> list[Path]:
-    """compare.csv, folds.csv, correlation.csv and (``plot``) the pictures and report.html in ``out``."""
+    """compare.csv, folds.csv, correlation.csv and (``plot``) the pictures and report.html in ``out``.
+    An earlier comparison's files go first, but its marker compare.csv, which is replaced: no table or
+    picture of another comparison stays beside these, even after a Ctrl-C."""
     from .io import atomic_write  # imports torch: not needed to report a malformed table
+    for name in COMPARISON_FILES[1:]:
+        (out / name).unlink(missing_ok=True)
     written = []
     for name, df in [("compare.csv", a.table), ("folds.csv", a.folds),
                      ("correlation.csv", pd.concat([a.corr.assign(of="pred"), a.rank_corr.assign(of="fold rank")])
@@ -313,6 +361,7 @@ def write_files(a: SimpleNamespace, out: Path, plot: bool) -> list[Path]:
                   **({"Correlation of pred": a.corr, "Correlation of per-fold ranks": a.rank_corr}
                      if len(a.names) > 1 else {})}
         notes = [f"{len(a.leaks)} '{gcol}' group(s) have rows in several folds ({few(a.leaks)})"] if a.leaks else []
+        notes += [basis_note(a)] if a.ranked else []
         written += write_report(out, a.frame["target"].to_numpy(), preds, a.table, a.folds, dict(zip(a.names, a.logs)),
                                 tables=tables, summary=summary_line(a.frame, a.n_boot, a.seed), notes=notes)
     return written
@@ -330,6 +379,7 @@ def compare(exp_dirs: list, baseline: str | None = None, plot: bool = True, n_bo
             out: str | Path | None = None) -> dict:
     """The report of one experiment, or the comparison of several: print the tables, write them (and
     unless ``plot`` is False the pictures and report.html) to ``out``. Returns the tables."""
+    out = comparison_folder(experiment_dirs(exp_dirs)[1], out)  # before the work: where it goes can be written
     a = analyse(exp_dirs, baseline, n_boot, seed)
     if len(a.dirs) == 1:
         print_experiment(a, plot)
@@ -338,7 +388,6 @@ def compare(exp_dirs: list, baseline: str | None = None, plot: bool = True, n_bo
     if a.leaks:
         print(f"note: {len(a.leaks)} '{a.frame.attrs['group_col']}' group(s) have rows in several folds "
               f"({few(a.leaks)}): their images leak between training and validation")
-    out = Path(out) if out is not None else default_out(a.dirs, a.names)
     written = write_files(a, out, plot)
     print(f"written to {out}/: {', '.join(p.name for p in written)}")
     return {"table": a.table, "folds": a.folds, "corr": a.corr, "rank_corr": a.rank_corr, "out": out,

@@ -7,6 +7,7 @@ the image size, so it is rebuilt when any of them changes.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -24,6 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from .folders import check_writable
 from .io import atomic_write, write_json
 
 
@@ -67,18 +69,41 @@ class ImageCache(NamedTuple):
     digests: list        # file_digest of each source file, in row order
 
 
+def cache_bytes(n: int, size: int) -> int:
+    """What a cache of ``n`` images at ``size`` px takes on disk: the array, its header, its .json."""
+    return n * size * size * 3 + 4096 + 64 * n
+
+
+def reserve(path: Path) -> None:
+    """Allocate the blocks of the whole (sparse) file now: a memory-mapped write that finds the disk
+    full kills the process with SIGBUS, where this raises ENOSPC before any pixel is decoded."""
+    if not hasattr(os, "posix_fallocate"):  # macOS: the free-space check before it stands alone
+        return
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # those: the file system cannot
+                raise
+
+
 def build_cache(paths: list[Path], size: int, cache_dir: Path, desc: str = "cache") -> ImageCache:
     """Memory-mapped uint8 array of all images at ``size``, built once per key, with the images that
-    could not be decoded and each file's content digest (kept beside the array in ``.json``)."""
+    could not be decoded and each file's content digest (kept beside the array in ``.json``). Its
+    size is known in advance: a cache folder that cannot be written, or a disk without the room, is
+    a StorageError before the first image is decoded, and a failed build leaves no partial file."""
     cache_dir = Path(cache_dir)
     target = cache_dir / f"{desc}_{size}px_{cache_key(paths, size)}.npy"
     info_path = target.with_suffix(".json")
     # The .json is written after the array: an array without it is from a build that stopped in between.
     if not (target.exists() and info_path.exists()):
+        check_writable(cache_dir, cache_bytes(len(paths), size), f" the image cache of {len(paths)} {desc} images "
+                       f"at {size} px", advice="set data.cache_dir to a folder on another disk")
         info = {"bad": {}, "digests": [""] * len(paths)}
 
         def write(tmp: Path):
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+            reserve(tmp)
             threads = min(4, os.cpu_count() or 1)
             with ThreadPoolExecutor(threads) as pool:
                 decoded = pool.map(lambda p: _read(p, size), paths)

@@ -116,7 +116,8 @@ def forward(model, x: torch.Tensor, meta: torch.Tensor, rt: Runtime) -> torch.Te
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, step: int,
                     mixup_prob: float, mixup_alpha: float, rng: np.random.Generator, desc: str = "train",
-                    should_stop=lambda: False, accumulate: int = 1, after_step=None) -> tuple[float, int]:
+                    should_stop=lambda: False, accumulate: int = 1, after_step=None,
+                    aux_weight: float = 0.0) -> tuple[float, int]:
     """One pass over ``loader``; returns (mean loss, global step). The loader yields micro-batches:
     ``accumulate`` of them make one optimizer step (and one scheduler step); each is mixed on its
     own, with the same draws on every rank. Under DDP the gradients are averaged over the ranks
@@ -136,7 +137,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, st
             x, meta, y_a, y_b, lam = mixup(x, meta, y, mixup_prob, mixup_alpha, rng)
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            loss = mixup_loss(forward(model, x, meta, rt), y_a, y_b, lam)
+            loss = mixup_loss(forward(model, x, meta, rt), y_a, y_b, lam, aux_weight)
             (scaler.scale(loss / accumulate) if scaler is not None else loss / accumulate).backward()
         total += loss.item() * len(y)
         seen += len(y)
@@ -177,7 +178,7 @@ def predict(model, loader, rt: Runtime, tta: int = 1, desc: str = "predict") -> 
         for view in tta_views(images, tta):
             with one_thread(rt):
                 x = to_input(view, rt)
-            total = total + torch.sigmoid(forward(model, x, meta, rt))
+            total = total + model.probability(forward(model, x, meta, rt))
         out.append((total / tta).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 

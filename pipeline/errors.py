@@ -32,6 +32,10 @@ class CheckpointError(PipelineError):
     """A checkpoint file is missing, truncated, corrupt or unsafe."""
 
 
+class StorageError(PipelineError):
+    """A folder cannot be written: read-only, not allowed, or too little free space (pipeline/folders.py)."""
+
+
 class Interrupted(Exception):
     """Training was stopped by Ctrl-C between two steps; the same command resumes it."""
 

@@ -35,6 +35,7 @@ import pandas as pd
 import yaml
 
 from . import config as C
+from . import folders
 from . import oof as oof_table
 from .errors import ExperimentError
 from .io import write_csv, write_json, write_text
@@ -46,6 +47,9 @@ from .tables import few
 # Where the data and the fold table lie does not matter either: their content is compared (data.csv).
 RUN_ONLY_KEYS = {"name", "output_dir", "train.folds", "train.num_workers", "train.deterministic", "data.root",
                  "data.cache_dir", "data.generate_sample", "folds.path", "features.max_bad_fraction", "infer"}
+# Of those, the keys that train.py still uses for what it writes: the views of the OOF predictions.
+# Every fold of an experiment is predicted with config.yaml's; infer.py may use others for the submission.
+OOF_KEYS = {"infer.tta"}
 
 # Everything this pipeline writes into an experiment folder (besides fold<k>/ folders); --force
 # deletes nothing else. Hidden ".<name>.tmp<pid>" files are atomic writes in progress or left by a kill.
@@ -61,13 +65,16 @@ def val_predictions_path(fold_dir: Path) -> Path:
     return fold_dir / "val_predictions.csv"
 
 
-def _result_keys(d: dict, prefix: str = "") -> dict:
+def _result_keys(d: dict, prefix: str = "", run_only: bool = False) -> dict:
+    """The keys of a config dict that a training run must keep (all but RUN_ONLY_KEYS, OOF_KEYS included)."""
     out = {}
     for k, v in d.items():
         key = prefix + k
-        if key in RUN_ONLY_KEYS:
-            continue
-        out.update(_result_keys(v, key + ".") if isinstance(v, dict) else {key: v})
+        inside = run_only or key in RUN_ONLY_KEYS
+        if isinstance(v, dict) and any(o.startswith(key + ".") for o in OOF_KEYS):
+            out.update(_result_keys(v, key + ".", inside))
+        elif key in OOF_KEYS or not inside:
+            out.update(_result_keys(v, key + ".") if isinstance(v, dict) else {key: v})
     return out
 
 
@@ -89,9 +96,17 @@ def foreign_entries(exp: Path) -> list[str]:
 def saved_config(path: Path) -> C.Config:
     """An experiment's config.yaml (safe_load: a crafted file cannot build Python objects)."""
     try:
-        return C.from_dict(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, ValueError, TypeError, AttributeError) as e:
+        return C.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError, OSError) as e:
         raise ExperimentError(f"{path}: cannot read the saved config ({str(e).splitlines()[0]})") from None
+
+
+def check_names(cfg: C.Config) -> None:
+    """Every folder and file the config names fits the file system (255 bytes a name): a name too long
+    is a ConfigError naming the key, not an OSError from the first stat of it."""
+    for key, path in [("name", cfg.name), ("output_dir", cfg.output_dir), ("data.root", cfg.data.root),
+                      ("data.cache_dir", cfg.data.cache_dir), ("folds.path", cfg.folds.path)]:
+        folders.check_names(path, key)
 
 
 def check_config(cfg: C.Config, force: bool) -> list[str]:
@@ -99,8 +114,14 @@ def check_config(cfg: C.Config, force: bool) -> list[str]:
     write into a folder that is not an experiment of this pipeline. Returns the result keys that
     differ from the saved config (only with ``force``; [] when none)."""
     exp = cfg.exp_dir
+    check_names(cfg)
+    folders.check_not_inside(exp, "use another output_dir")
     if exp.exists() and not exp.is_dir():
         raise ExperimentError(f"{exp}: exists and is not a folder; use another name (name=...)")
+    other = folders.kind(exp)
+    if other not in (None, "experiment"):
+        raise ExperimentError(f"{exp}: is {folders.describe(other)}, not an experiment; use another name (name=...) "
+                              f"or output_dir")
     saved_path = exp / "config.yaml"
     if not saved_path.is_file():
         foreign = foreign_entries(exp) if exp.is_dir() else []
@@ -119,7 +140,8 @@ def check_config(cfg: C.Config, force: bool) -> list[str]:
     if diff and not force:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:4])
         more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
-        raise ExperimentError(f"{saved_path} holds a different experiment ({shown}{more}); use a new name "
+        tta = " (infer.tta is the TTA of its OOF predictions; infer.py may use another)" if "infer.tta" in diff else ""
+        raise ExperimentError(f"{saved_path} holds a different experiment ({shown}{more}){tta}; use a new name "
                               f"(name=...) or --force to delete its results and train again")
     return diff
 
@@ -237,6 +259,17 @@ def record_environment(path: Path, env: dict) -> None:
     write_json(path, {**env, **({"earlier": earlier} if earlier else {})})
 
 
+def check_writable(cfg: C.Config) -> None:
+    """The experiment folder and, when it is still to be made, the fold table can be written: a
+    read-only disk is refused before the data is read, not after the image cache is built."""
+    from .prepare import fold_table_path
+    folders.check_writable(cfg.exp_dir, what=" the experiment", advice="use another output_dir")
+    table = fold_table_path(cfg)
+    if not table.exists():
+        folders.check_writable(table.parent, what=f" the fold table {table.name}",
+                               advice="set folds.path to a file in a folder that can be written")
+
+
 class Run:
     """One training command's hold on an experiment folder: the locks of the folds it trains, the
     topmost folder it created (removed again if it fails before writing anything), and the
@@ -251,6 +284,7 @@ class Run:
         any of ``folds`` (their locks are taken, all at once or none)."""
         exp = cfg.exp_dir
         check_config(cfg, force)  # read-only: a wrong name or another config fails at once
+        check_writable(cfg)
         created = next((p for p in [*reversed(exp.parents), exp] if not p.exists()), None)
         try:
             exp.mkdir(parents=True, exist_ok=True)
@@ -272,7 +306,7 @@ class Run:
         opening the same experiment."""
         cfg, exp = self.cfg, self.exp
         self.record = training_record(data.df, cfg, data.digests)
-        features = data.transform.to_dict()
+        features = data.fitted()
         with experiment_lock(exp).acquire_wait():
             changed = check_config(cfg, force)  # again: another process may have started it meanwhile
             changes = [f"config: {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}"] if changed else []

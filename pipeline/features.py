@@ -150,11 +150,34 @@ def _examples(words: np.ndarray, ids: np.ndarray, n: int = 3) -> str:
     return ", ".join(pairs + ["..."] * (len(words) > n))
 
 
+def check_categories(transform: MetaTransform, df: pd.DataFrame, where: str, id_col: str, max_share: float) -> None:
+    """Warn, one stderr line per categorical column, when more than ``max_share`` of ``df``'s rows
+    hold a value the fitted ``transform`` never saw (a recoded column: ``sex`` as M/F where training
+    saw male/female): the transform puts them in the missing level, which is right for a few
+    rare values and silently wrong for a whole column."""
+    ids = df[id_col].astype("string").to_numpy()
+    for col in transform.categorical:
+        cat = _as_category(df[col])
+        unseen = ((cat != MISSING) & ~cat.isin(transform.levels[col])).to_numpy()
+        if unseen.mean() <= max_share:
+            continue
+        raw = np.array([f"'{v}'" for v in df[col].astype("string").str.strip()], dtype=object)
+        first = pd.Series(raw[unseen]).drop_duplicates().index.to_numpy()  # distinct values first
+        known = [lvl for lvl in transform.levels[col] if lvl != MISSING]
+        print(f"warning: {where}: column '{col}': {unseen.sum()} of {len(df)} rows ({unseen.mean():.1%}) hold values "
+              f"never seen in training ({_examples(raw[unseen][first], ids[unseen][first])}); they are treated as "
+              f"missing (training saw {', '.join(known[:8]) + (', ...' if len(known) > 8 else '') or 'no value'})",
+              file=sys.stderr)
+
+
 def check_numeric(transform: MetaTransform, df: pd.DataFrame, where: str, id_col: str,
                   max_bad_fraction: float) -> None:
     """Warn, one stderr line per column, about the non-numbers and far-out numbers in ``df`` that
     the fitted ``transform`` treats as missing; raise DataError when they are more than
-    ``max_bad_fraction`` of a column's rows: a broken column rather than a few typos."""
+    ``max_bad_fraction`` of a column's rows: a broken column rather than a few typos. Then the
+    categorical columns' values never seen in fitting (``check_categories``, a warning above the
+    same share): every table that meets the fitted transform goes through here."""
+    check_categories(transform, df, where, id_col, max_bad_fraction)
     ids = df[id_col].astype("string").to_numpy()
     for col in transform.numeric:
         raw = df[col].astype("string").str.strip()

@@ -12,11 +12,14 @@ import pandas as pd
 from . import config as C
 from .checkpoints import predicting_model
 from .data import ImageMetaDataset, build_cache, make_loader
+from .diagnosis import Diagnosis, check_test
 from .engine import predict
 from .errors import DataError, ExperimentError
-from .experiment import RUN_ONLY_KEYS, saved_config, val_predictions_path
+from .experiment import RUN_ONLY_KEYS, check_names, saved_config, val_predictions_path
 from .features import MetaTransform, check_numeric
+from .folders import check_writable
 from .io import write_csv
+from .prepare import aux_head
 from .tables import check_submission, data_path, few, load_test
 
 
@@ -54,12 +57,15 @@ def finished_folds(cfg: C.Config) -> list[int]:
     return folds
 
 
-def test_inputs(cfg: C.Config) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]:
-    """The test table, the submission template, the test images (cached at the trained size) and
-    their meta features (the experiment's fitted transform); every problem reported before any
-    prediction."""
+def test_inputs(cfg: C.Config) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray, Diagnosis | None]:
+    """The test table, the submission template, the test images (cached at the trained size), their
+    meta features (the experiment's fitted transform) and the diagnosis classes of the model's head
+    (None without one); every problem reported before any prediction."""
     test, sample = load_test(cfg)
-    transform = MetaTransform.from_dict(json.loads((cfg.exp_dir / "features.json").read_text()))
+    fitted = json.loads((cfg.exp_dir / "features.json").read_text())
+    transform, diagnosis = MetaTransform.from_dict(fitted), Diagnosis.from_dict(fitted.get("diagnosis"))
+    if diagnosis is not None:
+        check_test(diagnosis, test, cfg.data.id_col, str(data_path(cfg, cfg.data.test_csv)))
     check_numeric(transform, test, str(data_path(cfg, cfg.data.test_csv)), cfg.data.id_col,
                   cfg.features.max_bad_fraction)
     images, bad, _ = build_cache([Path(p) for p in test["image_path"]], cfg.model.image_size,
@@ -67,24 +73,30 @@ def test_inputs(cfg: C.Config) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, 
     if bad:  # a submission needs every id, so test images are never skipped
         raise DataError(f"{Path(test['image_path'][next(iter(bad))]).parent}: {len(bad)} test image(s) cannot be "
                         f"decoded: {few([f'{test[cfg.data.id_col][i]} ({why})' for i, why in bad.items()], 3)}")
-    return test, sample, images, transform.transform(test)
+    return test, sample, images, transform.transform(test), diagnosis if aux_head(cfg) else None
 
 
 def make_submission(cfg: C.Config, data_overrides: Sequence[str] = ()) -> Path:
     """Predict the test set with each trained fold and TTA; write ``<exp_dir>/submission.csv``."""
+    check_names(cfg)
     cfg = inference_config(cfg, data_overrides)
     folds = finished_folds(cfg)
-    test, sample, images, meta = test_inputs(cfg)
+    writable = dict(what=" submission.csv", advice="copy the experiment to a disk that can be written (output_dir=...)")
+    check_writable(cfg.exp_dir, **writable)  # before the test images are cached and predicted, not after
+    test, sample, images, meta, diagnosis = test_inputs(cfg)
+    check_writable(cfg.exp_dir, need=len(sample) * (int(sample[cfg.data.id_col].str.len().max()) + 32), **writable)
     loader = make_loader(ImageMetaDataset(images, np.arange(len(test)), meta, None), cfg.infer.batch_size, False,
                          cfg.train.num_workers)
     preds = []
     for k in folds:
-        model, rt = predicting_model(cfg, meta.shape[1], cfg.exp_dir / f"fold{k}", cpu_bf16=cfg.infer.cpu_bf16)
+        model, rt = predicting_model(cfg, meta.shape[1], cfg.exp_dir / f"fold{k}", diagnosis,
+                                     cpu_bf16=cfg.infer.cpu_bf16)
         preds.append(predict(model, loader, rt, tta=cfg.infer.tta, desc=f"fold {k} test"))
     id_col = cfg.data.id_col
     by_id = pd.Series(np.mean(preds, axis=0), index=test[id_col])
     pred_col = next((c for c in sample.columns if c != id_col), cfg.data.target_col)  # the template's name
     sub = pd.DataFrame({id_col: sample[id_col], pred_col: by_id.loc[sample[id_col]].to_numpy()})
+    sub = sub[[c for c in sample.columns if c in sub.columns] if pred_col in sample.columns else [id_col, pred_col]]
     check_submission(sub, sample[id_col], id_col, pred_col)  # a failure here is a bug: the inputs were checked
     path = write_csv(cfg.exp_dir / "submission.csv", sub)
     print(f"wrote {path}: {len(sub)} rows, folds {folds}, TTA x{cfg.infer.tta}, "

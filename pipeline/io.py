@@ -2,7 +2,9 @@
 
 Every file that is read back (checkpoints, OOF tables, logs, the saved config, the submission)
 is written to a temporary sibling and renamed into place: a crash leaves the old file or the
-new one, never half of one.
+new one, never half of one. A write that fails for a reason the user fixes (no space left,
+read-only, not allowed) is a one-line StorageError naming the file (folders.storage_error), and
+leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pandas as pd
 import torch
 
 from .errors import CheckpointError
+from .folders import storage_error
 
 
 def remove_stale_temps(folder: Path, name: str = "*") -> None:
@@ -33,17 +36,24 @@ def remove_stale_temps(folder: Path, name: str = "*") -> None:
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` and move the result onto ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path.parent, path.name)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent, path.name)
         write(tmp)
         with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+            os.fsync(fh.fileno())  # a full disk may only show here (delayed allocation)
         os.replace(tmp, path)
+    except OSError as e:
+        error = storage_error(path, e)
+        if error is None:
+            raise
+        raise error from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # it could not have been made (read-only, a name too long)
+            pass
     try:  # make the rename itself durable (power loss); not every file system allows it
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -88,9 +98,45 @@ def _checksum(obj, crc: int = 0) -> int:
     return zlib.crc32(repr(obj).encode(), crc)
 
 
+class _Writes:
+    """A file for torch.save that writes all it is given and keeps the OSError of a failed write:
+    torch reports a full disk as a RuntimeError about stream positions, without the cause."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        view, done = memoryview(data).cast("B"), 0
+        try:
+            while done < len(view):  # an unbuffered write may take only part
+                done += self.fh.write(view[done:])
+        except OSError as e:
+            self.error = e
+            raise
+        return done
+
+    def flush(self) -> None:
+        pass
+
+
+def torch_save(obj, fh) -> None:
+    """``torch.save`` into the open binary file ``fh``; a failed write raises its own OSError (a
+    full disk: ENOSPC), not torch's RuntimeError about stream positions."""
+    out = _Writes(fh)
+    try:
+        torch.save(obj, out)
+    except RuntimeError:
+        if out.error is not None:
+            raise out.error from None
+        raise
+
+
 def save_checkpoint(path, obj: dict) -> Path:
     """``obj`` (tensors, numbers, strings, lists, dicts) plus a checksum, written atomically."""
-    return atomic_write(path, lambda p: torch.save({**obj, CHECKSUM_KEY: _checksum(obj)}, p))
+    def write(p: Path) -> None:
+        with open(p, "wb", buffering=0) as fh:
+            torch_save({**obj, CHECKSUM_KEY: _checksum(obj)}, fh)
+    return atomic_write(path, write)
 
 
 def load_checkpoint(path) -> dict:

@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import ExperimentError, LockedError
+from .folders import storage_error
 
 STALE_AFTER_S = 600.0
 HEARTBEAT_S = 30.0
@@ -120,8 +121,12 @@ class Lock:
         return self._pid == os.getpid()
 
     def acquire(self) -> Lock:
-        """Take the lock, or raise LockedError at once if a live process holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Take the lock, or raise LockedError at once if a live process holds it (StorageError when
+        the folder cannot be written)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise storage_error(self.path, e) or e from None
         with _guard:
             for _ in range(2):  # a contender that recovered the stale lock before us: look again once
                 if content := self._create():
@@ -177,7 +182,10 @@ class Lock:
                 "start_time": _start_time(os.getpid())}
         content = json.dumps(info).encode()
         tmp = self.path.with_name(f".{self.path.name}.{HOST}.{os.getpid()}.tmp")
-        tmp.write_bytes(content)
+        try:
+            tmp.write_bytes(content)
+        except OSError as e:  # read-only, not allowed, a full disk
+            raise storage_error(self.path, e) or e from None
         try:
             os.link(tmp, self.path)
         except FileExistsError:

@@ -1,4 +1,5 @@
-"""Mixup of the image and the meta features together: one lambda, one permutation per batch."""
+"""Mixup of the image and the meta features together: one lambda, one permutation per batch; the
+loss mixed the same way, the diagnosis targets with it."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,8 @@ import torch.nn.functional as F
 def mixup(images: torch.Tensor, meta: torch.Tensor, target: torch.Tensor, prob: float, alpha: float,
           rng: np.random.Generator):
     """With probability ``prob``: lam ~ Beta(alpha, alpha) and one permutation mix the images and the
-    meta features alike. Returns (images, meta, target, partner target, lam); lam = 1 when unmixed."""
+    meta features alike. Returns (images, meta, target, partner target, lam); lam = 1 when unmixed.
+    The targets are permuted as rows: a (target, diagnosis class) pair travels together."""
     if prob <= 0 or rng.random() >= prob:
         return images, meta, target, target, 1.0
     lam = float(rng.beta(alpha, alpha))
@@ -20,8 +22,23 @@ def mixup(images: torch.Tensor, meta: torch.Tensor, target: torch.Tensor, prob: 
     return images, meta, target, target[perm], lam
 
 
-def mixup_loss(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float) -> torch.Tensor:
-    loss = F.binary_cross_entropy_with_logits(logits, y_a)
+def head_loss(logits: torch.Tensor, y: torch.Tensor, aux_weight: float = 0.0) -> torch.Tensor:
+    """BCE of the binary logit (column 0); with (target, class) rows and the diagnosis head, plus
+    ``aux_weight`` x the cross-entropy of the class logits over the rows whose class is known (a
+    class of -1, unknown, adds nothing)."""
+    if y.ndim == 1:
+        return F.binary_cross_entropy_with_logits(logits[:, 0], y)
+    loss = F.binary_cross_entropy_with_logits(logits[:, 0], y[:, 0])
+    known = y[:, 1] >= 0
+    if aux_weight > 0 and bool(known.any()):
+        loss = loss + aux_weight * F.cross_entropy(logits[known, 1:], y[known, 1].long())
+    return loss
+
+
+def mixup_loss(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float,
+               aux_weight: float = 0.0) -> torch.Tensor:
+    """lam x the loss on the targets + (1 - lam) x the loss on the partners' targets."""
+    loss = head_loss(logits, y_a, aux_weight)
     if lam == 1.0:
         return loss
-    return lam * loss + (1 - lam) * F.binary_cross_entropy_with_logits(logits, y_b)
+    return lam * loss + (1 - lam) * head_loss(logits, y_b, aux_weight)

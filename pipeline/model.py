@@ -1,4 +1,5 @@
-"""A timm image backbone fused with an MLP over the meta features, one logit out."""
+"""A timm image backbone fused with an MLP over the meta features; one head gives the binary logit
+and, with the diagnosis head, one logit per diagnosis class beside it."""
 from __future__ import annotations
 
 import difflib
@@ -118,10 +119,17 @@ def check_backbone(cfg) -> None:
 
 
 class ImageMetaNet(nn.Module):
+    """``forward`` returns (N, 1 + n_classes) logits: column 0 the binary one, then the diagnosis
+    classes'. ``probability`` turns them into the one prediction per image that is scored."""
+
     def __init__(self, backbone: str, n_meta: int, pretrained: str = "none", meta_hidden=(128, 32),
                  meta_dropout: float = 0.2, head_dropout: float = 0.3, dropout_samples: int = 4,
-                 drop_path_rate: float = 0.0):
+                 drop_path_rate: float = 0.0, n_classes: int = 0, predict: str = "binary",
+                 melanoma_index: int | None = None):
         super().__init__()
+        if predict != "binary" and (n_classes == 0 or melanoma_index is None):
+            raise ConfigError(f"model.predict={predict} needs a diagnosis head with the melanoma class")
+        self.predict, self.melanoma_index = predict, melanoma_index
         self.backbone = create_backbone(backbone, pretrained, drop_path_rate)
         width = self.backbone.num_features
         self.meta = None
@@ -132,25 +140,44 @@ class ImageMetaNet(nn.Module):
                 nn.Linear(h1, h2), nn.BatchNorm1d(h2), nn.SiLU(), nn.Dropout(meta_dropout))
             width += h2
         self.dropouts = nn.ModuleList(nn.Dropout(head_dropout) for _ in range(max(1, dropout_samples)))
-        self.head = nn.Linear(width, 1)
+        self.head = nn.Linear(width, 1 + n_classes)
 
-    def init_head_bias(self, positive_rate: float):
-        """Start every prediction at the base rate: sigmoid(bias) == positive_rate. The head's weights
-        start at zero so no random feature term moves it; they get gradients from the first step."""
+    def init_head_bias(self, positive_rate: float, class_shares=None):
+        """Start every prediction at the base rate: sigmoid(bias) == positive_rate, and the diagnosis
+        head at the class priors: softmax(bias) == the classes' shares (bias = log share). The head's
+        weights start at zero so no random feature term moves it; they get gradients from the first
+        step."""
         p = min(max(positive_rate, 1e-4), 1 - 1e-4)
         nn.init.zeros_(self.head.weight)
-        nn.init.constant_(self.head.bias, math.log(p / (1 - p)))
+        bias = [math.log(p / (1 - p))]
+        if self.head.out_features > 1:
+            bias += [math.log(max(float(s), 1e-4)) for s in class_shares]
+        with torch.no_grad():
+            self.head.bias.copy_(torch.tensor(bias))
+
+    def probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """The scored prediction per image (model.predict): the binary head's probability, the
+        melanoma class's probability from the diagnosis head, or their mean."""
+        binary = torch.sigmoid(logits[:, 0])
+        if self.predict == "binary":
+            return binary
+        diagnosis = torch.softmax(logits[:, 1:], dim=1)[:, self.melanoma_index]
+        return diagnosis if self.predict == "diagnosis" else (binary + diagnosis) / 2
 
     def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         x = self.backbone(image)
         if self.meta is not None:
             x = torch.cat([x, self.meta(meta)], dim=1)
         if self.training:
-            return torch.stack([self.head(d(x)) for d in self.dropouts]).mean(0).squeeze(1)
-        return self.head(x).squeeze(1)
+            return torch.stack([self.head(d(x)) for d in self.dropouts]).mean(0)
+        return self.head(x)
 
 
-def build_model(cfg, n_meta: int, pretrained: str | None = None) -> ImageMetaNet:
+def build_model(cfg, n_meta: int, diagnosis=None, pretrained: str | None = None) -> ImageMetaNet:
+    """The configured model; ``diagnosis`` (pipeline/diagnosis.py, None without the diagnosis head)
+    gives the head its classes."""
     m = cfg.model
     return ImageMetaNet(m.backbone, n_meta if m.use_meta else 0, m.pretrained if pretrained is None else pretrained,
-                        tuple(m.meta_hidden), m.meta_dropout, m.head_dropout, m.dropout_samples, m.drop_path_rate)
+                        tuple(m.meta_hidden), m.meta_dropout, m.head_dropout, m.dropout_samples, m.drop_path_rate,
+                        len(diagnosis.classes) if diagnosis else 0, m.predict,
+                        diagnosis.melanoma_index if diagnosis else None)

@@ -17,6 +17,7 @@ import pandas as pd
 from . import config as C
 from . import oof
 from .data import ImageMetaDataset, build_cache, make_loader
+from .diagnosis import Diagnosis, check_contradictions, check_test
 from .errors import DataError
 from .features import MetaTransform, check_numeric
 from .folds import fold_table, load_or_make_folds
@@ -30,6 +31,12 @@ class TrainData:
     meta: np.ndarray          # (N, F) float32 meta features
     transform: MetaTransform
     digests: list             # content hash of each cached image file, by cache row
+    diagnosis: Diagnosis | None = None   # the diagnosis classes (data.diagnosis_col)
+    codes: np.ndarray | None = None      # each row's diagnosis class, -1 where unknown
+
+    def fitted(self) -> dict:
+        """What was fitted on the training rows, saved as the experiment's features.json."""
+        return {**self.transform.to_dict(), **({"diagnosis": self.diagnosis.to_dict()} if self.diagnosis else {})}
 
 
 def prepare(cfg: C.Config) -> TrainData:
@@ -46,7 +53,9 @@ def prepare(cfg: C.Config) -> TrainData:
     df, images, digests = cached_images(cfg, df)
     assign_folds(cfg, df)
     transform = fit_features(cfg, df, test)
-    return TrainData(df, images, transform.transform(df), transform, digests)
+    diagnosis = fit_diagnosis(cfg, df, test)
+    return TrainData(df, images, transform.transform(df), transform, digests, diagnosis,
+                     diagnosis.codes(df[d.diagnosis_col])[0] if diagnosis else None)
 
 
 def cached_images(cfg: C.Config, df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, list]:
@@ -108,6 +117,29 @@ def fit_features(cfg: C.Config, df: pd.DataFrame, test: pd.DataFrame | None) -> 
     return transform
 
 
+def fit_diagnosis(cfg: C.Config, df: pd.DataFrame, test: pd.DataFrame | None) -> Diagnosis | None:
+    """The diagnosis classes of the training rows (data.diagnosis_col), each table checked: the
+    diagnosis agrees with the target, and the test table (when it has the column) holds no class
+    that training never saw."""
+    d = cfg.data
+    if not d.diagnosis_col:
+        return None
+    diagnosis = Diagnosis.fit(df[d.diagnosis_col], d.diagnosis_col, d.diagnosis_min_rows, d.melanoma_class)
+    own = ~df["is_external"].to_numpy()
+    for rows, name in [(own, d.train_csv), (~own, d.external_csv)]:
+        if rows.any():
+            check_contradictions(df[rows], diagnosis, d.target_col, d.id_col, str(data_path(cfg, name)),
+                                 d.max_contradictions)
+    if test is not None:
+        check_test(diagnosis, test, d.id_col, str(data_path(cfg, d.test_csv)))
+    return diagnosis
+
+
+def aux_head(cfg: C.Config) -> bool:
+    """Whether the model has the diagnosis head (and the loss its cross-entropy)."""
+    return bool(cfg.data.diagnosis_col) and cfg.train.aux_weight > 0
+
+
 def check_batch_size(cfg: C.Config, data: TrainData, folds: list[int]) -> None:
     """The training loader drops the last incomplete batch: a batch larger than a fold's training
     rows would train nothing and report AUC 0.5."""
@@ -119,7 +151,9 @@ def check_batch_size(cfg: C.Config, data: TrainData, folds: list[int]) -> None:
 
 
 def targets(cfg: C.Config, data: TrainData) -> np.ndarray:
-    return data.df[cfg.data.target_col].to_numpy().astype(np.float32)
+    """The binary target of each row; with the diagnosis head, (target, diagnosis class) pairs."""
+    y = data.df[cfg.data.target_col].to_numpy().astype(np.float32)
+    return np.column_stack([y, data.codes.astype(np.float32)]) if aux_head(cfg) else y
 
 
 def eval_loader(cfg: C.Config, data: TrainData, idx: np.ndarray, pin_memory: bool = False):

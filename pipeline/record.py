@@ -20,10 +20,11 @@ from .tables import few, parse_csv_as_text
 
 def training_record(df: pd.DataFrame, cfg: C.Config, digests: list[str]) -> pd.DataFrame:
     """What a model is trained on, one row per training image, every value as text: the id, fold
-    (-1: external, training only), target, group, each configured feature column as read, and the
-    image file's content hash."""
+    (-1: external, training only), target, group, diagnosis, each configured feature column as read,
+    and the image file's content hash."""
     d = cfg.data
     cols = [d.id_col, "fold", d.target_col] + ([d.group_col] if d.group_col else [])
+    cols += [d.diagnosis_col] if d.diagnosis_col else []
     cols += [c for c in [*cfg.features.categorical, *cfg.features.numeric] if c not in cols]
     rec = df[cols].astype("string")
     rec["image_sha"] = pd.array([digests[i] for i in df["cache_row"]], dtype="string")

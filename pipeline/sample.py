@@ -7,7 +7,7 @@ alone) without downloading the real competition data.
 Layout written into ``root``::
 
     train.csv              image_name, patient_id, sex, age_approx,
-                           anatom_site_general_challenge, target
+                           anatom_site_general_challenge, diagnosis, target
     test.csv               the same columns without target
     sample_submission.csv  image_name, target (all 0, test.csv order)
     train/<image_name>.jpg
@@ -110,6 +110,18 @@ def _add_target(rng, df):
               + W_NOISE * rng.standard_normal(len(df)))
     threshold = np.quantile(latent, 1 - POSITIVE_RATE)
     df["target"] = (latent > threshold).astype(int)
+    return df
+
+
+def _add_diagnosis(df):
+    """A diagnosis as the 2020 table has one, drawn from nothing new (the other columns and the
+    images stay as they were): melanoma for target 1; for target 0, seborrheic keratosis where the
+    lesion is drawn most like a melanoma (the top quarter of z_img), else nevus; and every fifth
+    row unknown, as most of the real table is."""
+    negative_z = df["z_img"].where(df["target"] == 0)
+    sk = negative_z > negative_z.quantile(0.75)
+    df["diagnosis"] = np.where(df["target"] == 1, "melanoma", np.where(sk, "seborrheic keratosis", "nevus"))
+    df.loc[np.arange(len(df)) % 5 == 4, "diagnosis"] = "unknown"
     return df
 
 
@@ -232,7 +244,7 @@ def generate_sample(root, n_train_patients=80, n_test_patients=20,
     root = Path(root)
     rng = np.random.default_rng(seed)
     patients = _patients(rng, n_train_patients + n_test_patients)
-    images = _add_target(rng, _images(rng, patients))
+    images = _add_diagnosis(_add_target(rng, _images(rng, patients)))
     is_test = images["patient_id"].isin(patients["patient_id"][n_train_patients:])
     train = images[~is_test].sort_values("image_name").reset_index(drop=True)
     test = images[is_test].sort_values("image_name").reset_index(drop=True)
@@ -242,7 +254,7 @@ def generate_sample(root, n_train_patients=80, n_test_patients=20,
     test[META_COLUMNS].to_csv(root / "test.csv", index=False)
     pd.DataFrame({"image_name": test["image_name"], "target": 0}).to_csv(
         root / "sample_submission.csv", index=False)
-    train[META_COLUMNS + ["target"]].to_csv(root / "train.csv", index=False)
+    train[META_COLUMNS + ["diagnosis", "target"]].to_csv(root / "train.csv", index=False)
 
 
 def ensure_sample(root, **kwargs) -> bool:

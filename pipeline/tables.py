@@ -141,13 +141,40 @@ def feature_columns(cfg) -> list[str]:
     return list(f.categorical) + list(f.numeric)
 
 
+def external_diagnosis(df: pd.DataFrame, names: dict, column: str, path: Path, id_col: str) -> pd.Series:
+    """The external table's diagnosis in this config's class names, from ``names`` ({2019 name:
+    class}): one-hot columns of those names where the table has them (ISIC 2019's ground truth), else
+    its ``column`` with those values renamed (others kept as written)."""
+    if column in df.columns and not any(c in df.columns for c in names):
+        return df[column].astype("string").replace({str(k): str(v) for k, v in names.items()})
+    return diagnosis_from_onehot(df, names, path, id_col)
+
+
+def diagnosis_from_onehot(df: pd.DataFrame, columns: dict, path: Path, id_col: str) -> pd.Series:
+    """The class of each row from one-hot columns ({column: class}, e.g. ISIC 2019's {MEL: melanoma});
+    NA where no column is 1; a row with two is a DataError."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} named in data.external_diagnosis "
+                        f"(has: {', '.join(df.columns)})")
+    hot = np.column_stack([pd.to_numeric(df[c], errors="coerce").fillna(0).to_numpy() == 1 for c in columns])
+    twice = hot.sum(axis=1) > 1
+    if twice.any():
+        raise DataError(f"{path}: more than one of the columns {', '.join(columns)} is 1 at {few(df[id_col][twice])}")
+    names = np.array(list(columns.values()), dtype=object)
+    return pd.Series(np.where(hot.any(axis=1), names[hot.argmax(axis=1)], None), index=df.index, dtype="string")
+
+
 def _external(cfg, columns: list[str]) -> pd.DataFrame:
     """Training-only rows from another table (e.g. ISIC 2019), renamed to this config's columns."""
     d = cfg.data
     path = data_path(cfg, d.external_csv)
     raw_id = {new: old for old, new in d.external_rename.items()}.get(d.id_col, d.id_col)
     df = read_csv(path, raw_id, []).rename(columns=d.external_rename)
-    missing = [c for c in [d.target_col] + feature_columns(cfg) if c not in df.columns]
+    if d.diagnosis_col and d.external_diagnosis:
+        df[d.diagnosis_col] = external_diagnosis(df, d.external_diagnosis, d.diagnosis_col, path, d.id_col)
+    missing = [c for c in [d.target_col, *([d.diagnosis_col] if d.diagnosis_col else []), *feature_columns(cfg)]
+               if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)} (after data.external_rename; "
                         f"has: {', '.join(df.columns)})")
@@ -164,7 +191,8 @@ def load_train(cfg) -> pd.DataFrame:
     d = cfg.data
     path = data_path(cfg, d.train_csv)
     group = [d.group_col] if d.group_col else []
-    df = read_csv(path, d.id_col, [d.id_col, d.target_col] + group + feature_columns(cfg))
+    diagnosis = [d.diagnosis_col] if d.diagnosis_col else []
+    df = read_csv(path, d.id_col, [d.id_col, d.target_col] + group + diagnosis + feature_columns(cfg))
     df = filter_rows(df, d.keep_where, d.drop_where, path, "keep_where/drop_where")
     df[d.target_col] = binary_target(df, d.target_col, d.id_col, path)
     if df[d.target_col].nunique() < 2:
@@ -192,6 +220,7 @@ def load_test(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
     if d.sample_submission:
         sub_path = data_path(cfg, d.sample_submission)
         sub = read_csv(sub_path, d.id_col, [d.id_col])
+        check_template(sub, d.id_col, sub_path)
         only_test, only_sub = set(df[d.id_col]) - set(sub[d.id_col]), set(sub[d.id_col]) - set(df[d.id_col])
         if only_test or only_sub:
             sides = [f"{len(ids)} only in {where}: {few(sorted(ids))}"
@@ -201,3 +230,16 @@ def load_test(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
         sub = df[[d.id_col]].copy()
     df = attach_images(df, data_path(cfg, d.test_images), d.image_ext, d.id_col, "test")
     return df.reset_index(drop=True), sub.reset_index(drop=True)
+
+
+def check_template(sub: pd.DataFrame, id_col: str, path: Path) -> None:
+    """A submission template holds the id column and one prediction column, in either order; the
+    submission is written with exactly these two columns, in this order, and the template's ids in
+    its order. Anything else is refused: which other column would the competition score?"""
+    others = [c for c in sub.columns if c != id_col]
+    if len(others) == 1:
+        return
+    why = ("no prediction column: add the column the competition scores (e.g. target)" if not others else
+           f"{len(others)} columns besides the id: keep the id and the one column the competition scores")
+    raise DataError(f"{path}: a submission template holds the id column '{id_col}' and one prediction column; "
+                    f"this one has {why} (has: {', '.join(map(str, sub.columns))})")

@@ -34,7 +34,7 @@ from .engine import Runtime, StopFlag, make_runtime, peak_rss_mb, place, predict
 from .errors import ConfigError, Interrupted, PipelineError
 from .io import write_csv
 from .model import build_model, check_backbone
-from .prepare import TrainData, check_batch_size, eval_loader, oof_rows, prepare, targets
+from .prepare import TrainData, aux_head, check_batch_size, eval_loader, oof_rows, prepare, targets
 
 
 def build_optimizer(model, t: C.TrainConfig) -> Lookahead:
@@ -89,11 +89,14 @@ def build_fold(cfg: C.Config, data: TrainData, k: int, dist: D.Dist = D.SINGLE) 
     t = cfg.train
     fold_of = data.df["fold"].to_numpy()
     train_idx, val_idx = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
-    y = targets(cfg, data)
+    y = targets(cfg, data)  # with the diagnosis head: (target, class) rows
+    binary = y if y.ndim == 1 else y[:, 0]
+    diagnosis = data.diagnosis if aux_head(cfg) else None
     torch.manual_seed(epoch_seed(t.seed, k, -1))
-    model = build_model(cfg, data.meta.shape[1])
+    model = build_model(cfg, data.meta.shape[1], diagnosis)
     if t.bias_init:
-        model.init_head_bias(float(y[train_idx].mean()))
+        model.init_head_bias(float(binary[train_idx].mean()),
+                             diagnosis.shares(data.codes[train_idx]) if diagnosis else None)
     if t.sync_bn and dist.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     rt = make_runtime(model, t.amp, t.cpu_bf16, t.channels_last, dist.device, progress=dist.main)
@@ -115,7 +118,7 @@ def build_fold(cfg: C.Config, data: TrainData, k: int, dist: D.Dist = D.SINGLE) 
     scaler = torch.amp.GradScaler() if rt.amp_dtype == torch.float16 else None
     state = {"epoch": 0, "step": 0, "best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0}
     return Fold(k, cfg.exp_dir / f"fold{k}", model, net, rt, train_ds, train_loader,
-                eval_loader(cfg, data, mine, pin), val_idx, y[val_idx], optimizer, scheduler, scaler, state, ema)
+                eval_loader(cfg, data, mine, pin), val_idx, binary[val_idx], optimizer, scheduler, scaler, state, ema)
 
 
 def predict_fold(model, loader, rt: Runtime, tta: int, desc: str, dist: D.Dist) -> np.ndarray:
@@ -136,7 +139,7 @@ def run_epoch(cfg: C.Config, f: Fold, epoch: int, stop, dist: D.Dist = D.SINGLE)
         f.net, f.train_loader, f.optimizer, f.scheduler, f.scaler, f.rt, f.state["step"], t.mixup_prob,
         t.mixup_alpha, np.random.default_rng(seed), desc=f"fold {f.k} epoch {epoch + 1}/{t.epochs}",
         should_stop=lambda: dist.any(stop()), accumulate=t.accumulate,
-        after_step=None if f.ema is None else lambda step: f.ema.update(f.model, step=step))
+        after_step=None if f.ema is None else lambda step: f.ema.update(f.model, step=step), aux_weight=t.aux_weight)
     if dist.any(stop()):
         raise Interrupted(f"in fold {f.k} during epoch {epoch + 1} (not saved; it is redone)")
     f.optimizer.sync_lookahead()  # evaluate and save the slow weights
@@ -161,7 +164,8 @@ def run_epoch(cfg: C.Config, f: Fold, epoch: int, stop, dist: D.Dist = D.SINGLE)
 def finish_fold(cfg: C.Config, data: TrainData, f: Fold, dist: D.Dist = D.SINGLE) -> pd.DataFrame:
     """The fold's predicting model (best.pt) predicts its validation rows with TTA: its OOF rows,
     written as val_predictions.csv; the epoch checkpoints go."""
-    model, rt = K.predicting_model(cfg, data.meta.shape[1], f.dir, f.rt.device, progress=dist.main)
+    model, rt = K.predicting_model(cfg, data.meta.shape[1], f.dir, data.diagnosis if aux_head(cfg) else None,
+                                   f.rt.device, progress=dist.main)
     oof = oof_rows(cfg, data, f.val_idx, predict_fold(model, f.val_loader, rt, cfg.infer.tta,
                                                       f"fold {f.k} OOF", dist))
     if dist.main:
@@ -213,6 +217,10 @@ def check_run(cfg: C.Config, dist: D.Dist) -> list[int]:
     if t.batch_size % (dist.world * t.accumulate):
         raise ConfigError(f"train.batch_size={t.batch_size} (the global batch) must divide into {dist.world} "
                           f"process(es) x {t.accumulate} accumulation step(s)")
+    if t.batch_size // (dist.world * t.accumulate) < 2:  # batch norm fails on one row, mid-epoch
+        raise ConfigError(f"train.batch_size={t.batch_size} over {dist.world} process(es) x {t.accumulate} "
+                          f"accumulation step(s) leaves micro-batches of 1 row; batch norm needs at least 2: "
+                          f"raise train.batch_size to {2 * dist.world * t.accumulate} or lower train.accumulate")
     return folds
 
 

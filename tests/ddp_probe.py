@@ -15,7 +15,7 @@ dist = D.init()
 cfg = C.load_config(None, sys.argv[1:])
 data = prepare(cfg)
 fold = T.build_fold(cfg, data, 0, dist)
-bias = float(fold.model.head.bias.detach())
+bias = fold.model.head.bias.detach().tolist()
 lams = []
 real_mixup = engine.mixup
 
@@ -32,7 +32,8 @@ slow = [s["lookahead_slow_buff"] for g in fold.optimizer.param_groups for p in g
         if (s := fold.optimizer._base_optimizer.state.get(p)) and "lookahead_slow_buff" in s]
 seen = {"bias": bias, "lams": lams, "step": fold.state["step"], "rows": len(fold.train_loader.sampler),
         "weights": float(sum(p.double().sum() for p in fold.model.state_dict().values() if p.is_floating_point())),
-        "slow": float(sum(s.double().sum() for s in slow)), "n_slow": len(slow)}
+        "slow": float(sum(s.double().sum() for s in slow)), "n_slow": len(slow),
+        "head": fold.model.head.weight.detach().double().sum(1).tolist()}  # per output: binary, then classes
 everyone = dist.gather(seen)
 if dist.main:
     sys.__stdout__.write(json.dumps(everyone) + "\n")

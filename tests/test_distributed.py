@@ -77,14 +77,18 @@ def test_sharded_shuffle_gives_every_global_batch_whatever_the_process_count(wor
         assert together == one[s * batch:(s + 1) * batch]
 
 
-def test_ranks_start_equal_mix_alike_and_stay_equal(tiny_data, tmp_path):
-    """Head-bias init, every mixup lambda, the step count, the weights and Lookahead's slow weights
-    after an epoch are the same on both ranks; each rank trains half of every global batch."""
+@pytest.mark.parametrize("aux", [False, True], ids=["binary", "diagnosis_head"])
+def test_ranks_start_equal_mix_alike_and_stay_equal(tiny_data, tmp_path, aux):
+    """Head-bias init, every mixup lambda, the step count, the weights (both heads apart) and
+    Lookahead's slow weights after an epoch are the same on both ranks; each rank trains half of
+    every global batch."""
+    extra = {"data.diagnosis_col": "diagnosis", "train.aux_weight": 1.0} if aux else {}
     args = tiny_overrides(tiny_data, tmp_path, **{"train.epochs": 1, "train.mixup_prob": 0.7,
-                                                  "train.lookahead_k": 2, "train.batch_size": 16})
+                                                  "train.lookahead_k": 2, "train.batch_size": 16, **extra})
     out, _ = finish(torchrun(str(ROOT / "tests" / "ddp_probe.py"), *args, cwd=tmp_path))
     a, b = json.loads(out.strip().splitlines()[-1])
-    assert a["bias"] == b["bias"] != 0.0
+    assert a["bias"] == b["bias"] and a["bias"][0] != 0.0 and len(a["bias"]) == (4 if aux else 1)
+    assert a["head"] == b["head"] and all(w != 0.0 for w in a["head"])  # every output trained, alike
     assert a["lams"] == b["lams"] and len(a["lams"]) == a["step"] > 0 and any(lam != 1.0 for lam in a["lams"])
     assert a["step"] == b["step"] and a["rows"] == b["rows"] == a["step"] * 8
     assert a["weights"] == b["weights"] and a["slow"] == b["slow"] and a["n_slow"] > 0

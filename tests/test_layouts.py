@@ -167,6 +167,7 @@ def external(tiny_data, tmp_path_factory, monkeypatch_module):
     ext = kaggle_columns(read(work / "gen2019" / "train.csv"))
     rng = np.random.default_rng(0)
     ext["target"] = (rng.random(len(ext)) < 0.6).astype(int)  # a base rate far from the 2020 table's
+    ext["diagnosis"] = np.where(ext["target"] == 1, "MEL", "NV")  # in 2019's words: renamed by the config
     ext.loc[ext.index[::3], "patient_id"] = pd.NA  # 2019 images often have no patient id
     ext = ext.assign(tfrecord=np.arange(len(ext)) % 15, width=1024, height=1024)
     ext.loc[ext.index[[1, 5, 9]], "tfrecord"] = -1  # duplicates there too: dropped by the same filter
@@ -184,9 +185,9 @@ def external(tiny_data, tmp_path_factory, monkeypatch_module):
         datasets.append((np.asarray(rows).copy(), transform is not None))
         return make_dataset(images, rows, meta, targets, transform, seed)
 
-    def spy_bias(self, rate):
+    def spy_bias(self, rate, class_shares=None):
         biases.append(rate)
-        return init_bias(self, rate)
+        return init_bias(self, rate, class_shares)
 
     def spy_prepare(cfg):
         prepared.append(prepare(cfg))
@@ -218,6 +219,9 @@ def test_external_rows_train_every_fold_and_are_never_validated(external):
     assert set(df["image_name"][is_ext]) == set(external.ext["image_name"])  # tfrecord -1 dropped there too
     assert (df["fold"][is_ext] == -1).all() and (df["fold"][~is_ext] >= 0).all()
     assert df["is_external"].tolist() == is_ext.tolist()
+    # the layout's diagnosis: 2019's MEL/NV renamed to the 2020 classes, the target's agreeing
+    assert set(df["diagnosis"][is_ext]) == {"melanoma", "nevus"}
+    assert (df["diagnosis"][is_ext] == "melanoma").tolist() == (df["target"][is_ext] == 1).tolist()
     ext_rows = set(df["cache_row"][is_ext])
     assert len(external.datasets) == 4  # (train, validation) for each of the 2 folds
     for k in (0, 1):

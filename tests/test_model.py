@@ -22,7 +22,7 @@ def test_head_bias_gives_the_base_rate(tiny_cfg, p):
     image = torch.randn(16, 3, cfg.model.image_size, cfg.model.image_size)
     meta = torch.randn(16, 7)
     with torch.no_grad():
-        prob = torch.sigmoid(model(image, meta))
+        prob = model.probability(model(image, meta))
     assert prob.shape == (16,)
     assert abs(prob.mean().item() - p) < 1e-5
     assert (prob - p).abs().max().item() < 1e-5  # every row, not only on average
@@ -32,18 +32,21 @@ class _Recorded(Exception):
     pass
 
 
-def test_run_fold_sets_the_bias_from_the_training_rows(tiny_cfg, tmp_path, monkeypatch):
-    """run_fold must use the positive rate of the rows it trains on (fold != k), not all rows or
-    the validation rows. The run stops right after the call: no training is needed to see it."""
+@pytest.mark.parametrize("aux", [False, True], ids=["binary", "diagnosis_head"])
+def test_run_fold_sets_the_bias_from_the_training_rows(tiny_cfg, tmp_path, monkeypatch, aux):
+    """run_fold must use the positive rate (and, with the diagnosis head, the class shares) of the
+    rows it trains on (fold != k), not all rows or the validation rows. The run stops right after
+    the call: no training is needed to see it."""
     from pipeline import trainer
     from pipeline.engine import StopFlag
     from pipeline.prepare import prepare
-    cfg = tiny_cfg(**{"model.pretrained": "none", "folds.path": str(tmp_path / "folds.csv")})
+    extra = {"data.diagnosis_col": "diagnosis", "train.aux_weight": 1.0} if aux else {}
+    cfg = tiny_cfg(**{"model.pretrained": "none", "folds.path": str(tmp_path / "folds.csv"), **extra})
     data = prepare(cfg)
     seen = []
 
-    def record(self, positive_rate):
-        seen.append(positive_rate)
+    def record(self, positive_rate, class_shares=None):
+        seen.append((positive_rate, class_shares))
         raise _Recorded
 
     monkeypatch.setattr(ImageMetaNet, "init_head_bias", record)
@@ -56,7 +59,14 @@ def test_run_fold_sets_the_bias_from_the_training_rows(tiny_cfg, tmp_path, monke
             continue  # this fold could not tell the right rows from the wrong ones
         with pytest.raises(_Recorded):
             trainer.run_fold(cfg, data, k, StopFlag())
-        assert seen[-1] == pytest.approx(expected, abs=1e-7)
+        assert seen[-1][0] == pytest.approx(expected, abs=1e-7)
+        if aux:
+            codes = data.codes[fold != k]
+            shares = np.bincount(codes[codes >= 0], minlength=len(data.diagnosis.classes)) / (codes >= 0).sum()
+            np.testing.assert_allclose(seen[-1][1], shares)
+            assert not np.allclose(seen[-1][1], data.diagnosis.shares(data.codes))  # not all rows'
+        else:
+            assert seen[-1][1] is None
         checked += 1
     assert checked >= 2
 

@@ -243,8 +243,9 @@ def test_run_only_keys_may_change(tiny_cfg):
     cfg = tiny_cfg()
     cfg.exp_dir.mkdir(parents=True)
     (cfg.exp_dir / "config.yaml").write_text(T.C.to_yaml(cfg))
-    same = tiny_cfg(**{"train.folds": "[1]", "train.num_workers": 2, "infer.tta": 1, "infer.batch_size": 4})
+    same = tiny_cfg(**{"train.folds": "[1]", "train.num_workers": 2, "infer.batch_size": 4})
     assert E.check_config(same, force=False) == []
-    for key, value in (("train.seed", 1), ("model.image_size", 48), ("features.n_images", False)):
+    # infer.tta makes the folds' OOF rows: one value per experiment
+    for key, value in (("train.seed", 1), ("model.image_size", 48), ("features.n_images", False), ("infer.tta", 1)):
         with pytest.raises(ExperimentError, match=key.replace(".", r"\.")):
             E.check_config(tiny_cfg(**{key: value}), force=False)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Issue 18: the diagnosis head on ISIC 2017 (train split, the recipe's 5 folds and budget:
+# configs/cpu_hour.yaml), against the binary recipe. One run per line of RUNS (name, then overrides);
+# each is train.py then infer.py (the val split, scored once at the end by benchmarks/diagnosis_table.py).
+#
+#     bash benchmarks/diagnosis.sh                 # every run below, in order (resumes: finished folds are kept)
+#     RUNS="aux1" bash benchmarks/diagnosis.sh     # one of them
+#     FOLDS=0,1 RUNS="bin aux1" bash benchmarks/diagnosis.sh   # some folds only (infer.py with those)
+#     .venv/bin/python benchmarks/predict_modes.py oof/diag/aux1   # its OOF from each head (no training)
+#     .venv/bin/python benchmarks/diagnosis_table.py               # the table (pipeline.cv's intervals)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=oof/diag
+declare -A SETS=(
+  [bin]=""
+  [aux1]="train.aux_weight=1 model.predict=mean"
+  [aux05]="train.aux_weight=0.5 model.predict=mean"
+  [aux2]="train.aux_weight=2 model.predict=mean"
+)
+for name in ${RUNS:-bin aux1 aux05 aux2}; do
+  CFG=(--config configs/isic2017.yaml --config configs/cpu_hour.yaml name=$name output_dir=$OUT
+       data.cache_dir=$OUT/cache ${SETS[$name]})
+  t0=$SECONDS
+  "$PY" train.py "${CFG[@]}" ${FOLDS:+--folds $FOLDS}
+  t1=$SECONDS
+  "$PY" infer.py "${CFG[@]}" ${FOLDS:+--allow-missing-folds}
+  t2=$SECONDS
+  printf '%s\t%s\t%s\n' "$name" $((t1 - t0)) $((t2 - t1)) >> $OUT/wall.tsv
+done
