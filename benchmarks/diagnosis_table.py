@@ -5,7 +5,7 @@
 
 For every run with the diagnosis head, its folds' best.pt also predict the OOF rows the other ways
 (``model.predict``: the binary head, the melanoma class of the diagnosis head, their mean; TTA as
-the run's config says) into oof/diag/modes/<run>_<mode>/oof.csv: the same weights, only the read-out
+the run's config says; the folds it finished) into oof/diag/modes/<run>_<mode>/oof.csv: the same weights, only the read-out
 differs (the best epoch was chosen by the run's own ``model.predict``). Then ``python -m pipeline.cv``
 compares everything with the binary run as the baseline (grouped-bootstrap intervals, paired
 differences), and each run's val-split AUC is scored once from its submission.csv.
@@ -28,7 +28,7 @@ from pipeline.checkpoints import predicting_model  # noqa: E402
 from pipeline.cli import tune_process  # noqa: E402
 from pipeline.cv import compare  # noqa: E402
 from pipeline.engine import predict  # noqa: E402
-from pipeline.experiment import saved_config  # noqa: E402
+from pipeline.experiment import saved_config, val_predictions_path  # noqa: E402
 from pipeline.prepare import aux_head, eval_loader, oof_rows, prepare  # noqa: E402
 from pipeline.stats import auc  # noqa: E402
 
@@ -51,7 +51,7 @@ def repredict(exp: Path, modes: list[str]) -> list[Path]:
         data = data or prepare(cfg)
         run = C.with_overrides(cfg, [f"model.predict={mode}"])
         parts = []
-        for k in range(cfg.folds.n_folds):
+        for k in [k for k in range(cfg.folds.n_folds) if val_predictions_path(exp / f"fold{k}").is_file()]:
             idx = np.flatnonzero(data.df["fold"].to_numpy() == k)
             model, rt = predicting_model(run, data.meta.shape[1], exp / f"fold{k}", data.diagnosis)
             parts.append(oof_rows(run, data, idx, predict(model, eval_loader(run, data, idx), rt, run.infer.tta,
