@@ -34,4 +34,4 @@ lo, hi = stats.percentile_interval(stats.bootstrap_auc(p, y, stats.group_codes(N
 print(f"val split (scored once): AUC {roc_auc_score(y, p):.4f} (95% interval {lo:.3f} to {hi:.3f}, images resampled) "
       f"on {len(sub)} images, {int(y.sum())} melanoma")
 PY
-"$PY" -m pipeline.cv $OUT/ref_seed42 $OUT/$NAME --baseline ref_seed42 --no-plot --out $OUT/compare_$NAME
+"$PY" -m pipeline cv $OUT/ref_seed42 $OUT/$NAME --baseline ref_seed42 --no-plot --out $OUT/compare_$NAME

@@ -46,11 +46,11 @@ cat oof/cpuhour_probe/probe192/fold0/log.csv
 # the table: every run against the reference, with paired intervals; blends of the two seeds
 RUNS=(ref_seed42 ref_seed1 px96_e6 px128_e3 px64_e12 lr1e-3 no_lookahead no_meta aug_strong drop_path0.25
       batch16 scratch_b0 lr2e-3 lr1e-3_no_lookahead px128_lr1e-3)
-"$PY" -m pipeline.cv "${RUNS[@]/#/$OUT/}" --baseline ref_seed42 --no-plot --out $OUT/compare
-"$PY" -m pipeline.cv $OUT/{ref_seed1,aug_strong_seed1,drop_path0.25_seed1,batch16_seed1} --baseline ref_seed1 \
+"$PY" -m pipeline cv "${RUNS[@]/#/$OUT/}" --baseline ref_seed42 --no-plot --out $OUT/compare
+"$PY" -m pipeline cv $OUT/{ref_seed1,aug_strong_seed1,drop_path0.25_seed1,batch16_seed1} --baseline ref_seed1 \
     --no-plot --out $OUT/compare_seed1
-"$PY" -m pipeline.cv $OUT/lr1e-3 $OUT/px128_lr1e-3 --baseline lr1e-3 --no-plot --out $OUT/compare_px128
-"$PY" -m pipeline.cv $OUT/ref_seed42_tta{1,2,4,8} --baseline ref_seed42_tta4 --no-plot --out $OUT/compare_tta
-"$PY" -m pipeline.blend $OUT/ref_seed42 $OUT/ref_seed1 --name blend_seeds --method mean
-"$PY" -m pipeline.cv $OUT/px64_e12 $OUT/blend_seeds $OUT/ref_seed42 --baseline px64_e12 --no-plot \
+"$PY" -m pipeline cv $OUT/lr1e-3 $OUT/px128_lr1e-3 --baseline lr1e-3 --no-plot --out $OUT/compare_px128
+"$PY" -m pipeline cv $OUT/ref_seed42_tta{1,2,4,8} --baseline ref_seed42_tta4 --no-plot --out $OUT/compare_tta
+"$PY" -m pipeline blend $OUT/ref_seed42 $OUT/ref_seed1 --name blend_seeds --method mean
+"$PY" -m pipeline cv $OUT/px64_e12 $OUT/blend_seeds $OUT/ref_seed42 --baseline px64_e12 --no-plot \
     --out $OUT/compare_blend

@@ -6,7 +6,7 @@
 For every run with the diagnosis head, its folds' best.pt also predict the OOF rows the other ways
 (``model.predict``: the binary head, the melanoma class of the diagnosis head, their mean; TTA as
 the run's config says; the folds it finished) into oof/diag/modes/<run>_<mode>/oof.csv: the same weights, only the read-out
-differs (the best epoch was chosen by the run's own ``model.predict``). Then ``python -m pipeline.cv``
+differs (the best epoch was chosen by the run's own ``model.predict``). Then ``python -m pipeline cv``
 compares everything with the binary run as the baseline (grouped-bootstrap intervals, paired
 differences), and each run's val-split AUC is scored once from its submission.csv.
 """

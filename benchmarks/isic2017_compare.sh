@@ -18,8 +18,8 @@ BASE=(--config configs/isic2017.yaml model.image_size=64 train.epochs=4 output_d
 "$PY" train.py "${BASE[@]}" name=px96 model.image_size=96
 RUNS=(full_seed42 full_seed1 ema no_mixup no_lookahead px96)
 for run in "${RUNS[@]}"; do "$PY" infer.py "${BASE[@]}" name="$run"; done  # submissions, for the blends
-"$PY" -m pipeline.cv "${RUNS[@]/#/$OUT/}" --baseline full_seed42 --out "$OUT/compare"
-"$PY" -m pipeline.blend $OUT/full_seed42 $OUT/ema $OUT/px96 --name blend_rank --method rank
-"$PY" -m pipeline.blend $OUT/full_seed42 $OUT/ema $OUT/px96 --name blend_fit --method fit
-"$PY" -m pipeline.cv $OUT/full_seed42 $OUT/px96 $OUT/blend_rank $OUT/blend_fit --baseline px96 --no-plot \
+"$PY" -m pipeline cv "${RUNS[@]/#/$OUT/}" --baseline full_seed42 --out "$OUT/compare"
+"$PY" -m pipeline blend $OUT/full_seed42 $OUT/ema $OUT/px96 --name blend_rank --method rank
+"$PY" -m pipeline blend $OUT/full_seed42 $OUT/ema $OUT/px96 --name blend_fit --method fit
+"$PY" -m pipeline cv $OUT/full_seed42 $OUT/px96 $OUT/blend_rank $OUT/blend_fit --baseline px96 --no-plot \
     --out "$OUT/compare_blends"

@@ -1,9 +1,9 @@
 """TTA views as a lever: a trained experiment's folds predict their validation rows again with 1, 2,
 4 and 8 views (flips and transposes), from the same best.pt files train.py wrote. Each view count
-becomes an OOF table that ``python -m pipeline.cv`` compares with intervals; no training.
+becomes an OOF table that ``python -m pipeline cv`` compares with intervals; no training.
 
     .venv/bin/python benchmarks/tta_views.py oof/cpuhour/ref_seed42 --views 1,2,4,8
-    .venv/bin/python -m pipeline.cv oof/cpuhour/ref_seed42_tta{1,2,4,8} --baseline ref_seed42_tta4 --no-plot
+    .venv/bin/python -m pipeline cv oof/cpuhour/ref_seed42_tta{1,2,4,8} --baseline ref_seed42_tta4 --no-plot
 
 Each table goes beside the experiment, ``<experiment>_tta<views>/``: a re-prediction folder
 (``tta.json``, what it re-predicts, written first; then ``oof.csv``), new or an earlier re-prediction,

@@ -1,7 +1,7 @@
 """Blend the out-of-fold predictions (and submissions) of several experiments into a new experiment.
 
-    python -m pipeline.blend oof/a oof/b oof/c --name abc_rank --method rank
-    python -m pipeline.cv oof/abc_rank
+    python -m pipeline blend oof/a oof/b oof/c --name abc_rank --method rank
+    python -m pipeline cv oof/abc_rank
 
 writes ``oof/abc_rank/`` beside its members (``--output-dir`` puts it elsewhere)::
 
@@ -292,8 +292,3 @@ def print_scores(members: list[Path], oofs: list[pd.DataFrame], out: Path, metho
         print(f"{label:{width}}  {w:>6}  {auc_:{len(pooled)}.4f}  {mean:13.4f}")
     if ranks:
         print("(every figure of per-fold ranks, as the blend is made of them: compare with pipeline.cv's 'rank AUC')")
-
-
-if __name__ == "__main__":
-    from pipeline.cli import blend_main
-    sys.exit(blend_main())

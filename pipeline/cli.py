@@ -1,5 +1,5 @@
-"""Command-line entry points: train.py, infer.py, ``python -m pipeline.cv``, ``python -m pipeline.blend``
-and ``python -m pipeline.sample`` each call one function here. Options, then section.key=value
+"""Command-line entry points: train.py, infer.py, ``python -m pipeline cv``, ``python -m pipeline blend``
+and ``python -m pipeline sample`` each call one function here. Options, then section.key=value
 overrides. Process-wide settings (malloc tuning, OpenCV threads, deterministic algorithms) are made
 here, before the work starts, never as a side effect of an import.
 """
@@ -120,7 +120,7 @@ def infer_main(argv=None):
 
 
 def cv_main(argv=None) -> int:
-    """``python -m pipeline.cv``: the CV report of one experiment, or a comparison of several."""
+    """``python -m pipeline cv``: the CV report of one experiment, or a comparison of several."""
     from pathlib import Path
     p = argparse.ArgumentParser(
         description="CV report of an experiment's OOF predictions, or a comparison of several experiments "
@@ -150,7 +150,7 @@ def cv_main(argv=None) -> int:
 
 
 def blend_main(argv=None) -> int:
-    """``python -m pipeline.blend``: blend the OOF predictions and submissions of experiments."""
+    """``python -m pipeline blend``: blend the OOF predictions and submissions of experiments."""
     from .blend import METHODS, blend
     p = argparse.ArgumentParser(description="Blend the OOF predictions and submissions of experiments.")
     p.add_argument("members", nargs="+", help="experiment folders, e.g. oof/a oof/b")
@@ -166,7 +166,7 @@ def blend_main(argv=None) -> int:
 
 
 def sample_main(argv=None) -> int:
-    """``python -m pipeline.sample DIR``: write the synthetic demo data (not real) into DIR, a new or
+    """``python -m pipeline sample DIR``: write the synthetic demo data (not real) into DIR, a new or
     empty folder (generated in DIR.tmp and renamed into place: an interrupted run leaves DIR as it was)."""
     import time
     from pathlib import Path

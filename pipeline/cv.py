@@ -1,7 +1,7 @@
 """Cross-validation report of one experiment's out-of-fold predictions, or a comparison of several.
 
-    python -m pipeline.cv oof/<experiment>
-    python -m pipeline.cv oof/a oof/b oof/c --baseline a [--bootstrap 1000] [--seed 0] [--out DIR] [--no-plot]
+    python -m pipeline cv oof/<experiment>
+    python -m pipeline cv oof/a oof/b oof/c --baseline a [--bootstrap 1000] [--seed 0] [--out DIR] [--no-plot]
 
 One experiment: AUC per fold, the mean and standard deviation of the fold AUCs, the pooled OOF AUC,
 rows and positives per fold, and roc.png in the experiment folder (as before); then the pooled AUC's
@@ -392,8 +392,3 @@ def compare(exp_dirs: list, baseline: str | None = None, plot: bool = True, n_bo
     print(f"written to {out}/: {', '.join(p.name for p in written)}")
     return {"table": a.table, "folds": a.folds, "corr": a.corr, "rank_corr": a.rank_corr, "out": out,
             "files": written}
-
-
-if __name__ == "__main__":
-    from pipeline.cli import cv_main
-    sys.exit(cv_main())

@@ -3,14 +3,14 @@
     kind            marker        written by
     experiment      config.yaml   train.py (infer.py adds submission.csv; --force deletes); with
                                   data.csv, folds.csv, ... beside it (a project's config.yaml is none)
-    blend           blend.json    python -m pipeline.blend
-    comparison      compare.csv   python -m pipeline.cv
+    blend           blend.json    python -m pipeline blend
+    comparison      compare.csv   python -m pipeline cv
     re-prediction   tta.json      benchmarks/tta_views.py
 
 Each tool writes its marker first, so a folder it was interrupted in is still recognised. A tool writes
 only into a new or empty folder or one of its own kind: never into a folder of another kind, nor
 anywhere below one (a folder inside an experiment is a foreign file there, which ``train.py --force``
-refuses to delete). ``python -m pipeline.cv oof/<name>`` drawing the experiment's own ``roc.png`` is
+refuses to delete). ``python -m pipeline cv oof/<name>`` drawing the experiment's own ``roc.png`` is
 the one exception: the same picture ``train.py`` draws there.
 
 Before the work starts, a tool also checks that its folder can be written (not on a read-only file
@@ -31,7 +31,7 @@ from .tables import few
 
 MARKERS = {"experiment": "config.yaml", "blend": "blend.json", "comparison": "compare.csv",
            "re-prediction": "tta.json"}
-WRITERS = {"experiment": "train.py", "blend": "python -m pipeline.blend", "comparison": "python -m pipeline.cv",
+WRITERS = {"experiment": "train.py", "blend": "python -m pipeline blend", "comparison": "python -m pipeline cv",
            "re-prediction": "benchmarks/tta_views.py"}
 # what a write can fail on that the user fixes (space, permissions, the file system), not the code
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENAMETOOLONG}

@@ -1,8 +1,8 @@
 """The pictures and the HTML page of a CV report or comparison; the numbers come from pipeline/cv.py
 and pipeline/stats.py.
 
-    python -m pipeline.cv oof/a oof/b --baseline a    # -> oof/compare/a+b/report.html and five PNGs
-    python -m pipeline.cv oof/a                       # also oof/a/roc.png: each fold's ROC and the pooled one
+    python -m pipeline cv oof/a oof/b --baseline a    # -> oof/compare/a+b/report.html and five PNGs
+    python -m pipeline cv oof/a                       # also oof/a/roc.png: each fold's ROC and the pooled one
 
 Drawn with matplotlib's object interface (``Figure``, never pyplot): no global backend or figure
 state is touched, so calling this from a notebook changes nothing there. report.html holds the

@@ -22,7 +22,7 @@ blue-grey/black patches, larger, more irregular border), and a metadata score
 
 Run::
 
-    python -m pipeline.sample OUT_DIR [--seed 0] [--image-size 128]
+    python -m pipeline sample OUT_DIR [--seed 0] [--image-size 128]
 
 The output is deterministic: the same arguments give byte-identical CSVs and
 identical image pixels.
@@ -278,8 +278,3 @@ def ensure_sample(root, **kwargs) -> bool:
         root.rmdir()  # empty, checked above
     os.replace(tmp, root)
     return True
-
-
-if __name__ == "__main__":
-    from pipeline.cli import sample_main
-    sample_main()

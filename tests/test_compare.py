@@ -1,4 +1,4 @@
-"""Comparing experiments (python -m pipeline.cv oof/a oof/b ...): the grouped bootstrap, paired
+"""Comparing experiments (python -m pipeline cv oof/a oof/b ...): the grouped bootstrap, paired
 differences, rank-normalised AUC, refusals of experiments on other data, and report.html.
 
 The experiments are written by hand: 60 patients with 5 images each in 5 folds by patient, a
@@ -178,7 +178,7 @@ def test_experiments_on_other_rows_are_refused_with_one_line_naming_both_folders
     e = experiments
     fewer = write_experiment(tmp_path / "fewer", e["rows"].iloc[3:], prediction(e["latent"], 1.0, seed=4)[3:],
                              epochs=None)
-    proc = run_cli("-m", "pipeline.cv", e["a"], fewer, "--no-plot", cwd=ROOT, check=False)
+    proc = run_cli("-m", "pipeline", "cv", e["a"], fewer, "--no-plot", cwd=ROOT, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"error: {e['a']} and {fewer} hold different rows (3 ids only in {e['a']}: "
@@ -227,7 +227,7 @@ def test_a_baseline_that_is_not_given_is_refused(experiments):
 def test_comparison_prints_the_table_and_writes_a_self_contained_page(experiments, tmp_path):
     e = experiments
     out = tmp_path / "cmp"
-    proc = run_cli("-m", "pipeline.cv", e["a"], e["b"], "--baseline", "a", "--bootstrap", "200", "--out", out,
+    proc = run_cli("-m", "pipeline", "cv", e["a"], e["b"], "--baseline", "a", "--bootstrap", "200", "--out", out,
                    cwd=ROOT)
     table = pd.read_csv(out / "compare.csv").set_index("experiment")
     b_auc = f"{table.loc['b', 'pooled_auc']:.4f}"
@@ -251,14 +251,14 @@ def test_comparison_prints_the_table_and_writes_a_self_contained_page(experiment
 
 def test_one_experiment_works_as_before(experiments, tmp_path):
     exp = experiments["a"]
-    proc = run_cli("-m", "pipeline.cv", exp, "--no-plot", "--bootstrap", "100", "--out", tmp_path / "o", cwd=ROOT)
+    proc = run_cli("-m", "pipeline", "cv", exp, "--no-plot", "--bootstrap", "100", "--out", tmp_path / "o", cwd=ROOT)
     assert "pooled OOF AUC 0." in proc.stdout and "(300 rows, " in proc.stdout
     assert re.search(r"pooled OOF AUC 95% interval 0\.\d{4} to 0\.\d{4} .*60 'patient_id' groups", proc.stdout)
     assert (tmp_path / "o" / "compare.csv").is_file() and not (exp / "roc.png").exists()
 
 
 def test_train_py_summary_is_the_first_part_of_the_one_report(experiments, capsys, tmp_path):
-    """train.py ends with cv.report: the same printer as `python -m pipeline.cv <one folder>`, without
+    """train.py ends with cv.report: the same printer as `python -m pipeline cv <one folder>`, without
     the bootstrap's lines and without files."""
     exp = experiments["a"]
     figures = cv.report(exp, plot=False)

@@ -45,7 +45,7 @@ def train_and_predict(tiny_data, work):
     run_cli(TRAIN, "--folds", "1,2", *args, cwd=work)
     run_cli(INFER, *args, cwd=work)
     (run.dir / "roc.png").unlink(missing_ok=True)  # train.py drew one already: the report below must draw its own
-    run.cv = run_cli("-m", "pipeline.cv", str(run.dir), cwd=work)
+    run.cv = run_cli("-m", "pipeline", "cv", str(run.dir), cwd=work)
 
     run.train = read(tiny_data / "train.csv")
     run.folds = read(work / "folds.csv")

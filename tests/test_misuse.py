@@ -67,8 +67,8 @@ def world(tmp_path, monkeypatch):
 
 TARGETS = {  # where a tool is told to write -> what it says (own: the kind the tool writes)
     "experiment": ("oof/a", "oof/a: is an experiment (config.yaml, written by train.py), not {own}"),
-    "blend": ("oof/ab", "oof/ab: is a blend (blend.json, written by python -m pipeline.blend), not {own}"),
-    "comparison": ("oof/compare/a+b", "is a comparison (compare.csv, written by python -m pipeline.cv), not {own}"),
+    "blend": ("oof/ab", "oof/ab: is a blend (blend.json, written by python -m pipeline blend), not {own}"),
+    "comparison": ("oof/compare/a+b", "is a comparison (compare.csv, written by python -m pipeline cv), not {own}"),
     "re-prediction": ("oof/a_tta4", "is a re-prediction (tta.json, written by benchmarks/tta_views.py), not {own}"),
     "data": ("data", "data: exists and is not {own} (no {marker}; it holds train.csv (1 in all))"),
     "inside": ("oof/a/sub", "oof/a/sub: inside the experiment oof/a (config.yaml), where only train.py writes"),
