@@ -5,8 +5,8 @@ import cycles, and functions over 60 lines (pipeline/, train.py, infer.py, bench
     .venv/bin/python benchmarks/house.py /tmp/base  # another checkout of the repository
     .venv/bin/python benchmarks/house.py --trace    # also: follow cfg through a tiny train()
 
-Imports are read from the source (``ast``), at module level and inside functions alike; an import
-under ``if __name__ == "__main__"`` is an entry-point stub and is shown apart.
+Imports are read from the source (``ast``): at module level, inside functions and under
+``if __name__ == "__main__"`` alike (a cycle through an entry-point block is a cycle too).
 
 ``--trace`` runs ``trainer.train`` on a tiny generated sample (1 fold of 2, 1 epoch, 32 px, in a
 temporary folder) and records, in call order, every call of a pipeline function that takes the
@@ -22,11 +22,9 @@ from pathlib import Path
 LIMIT = 60
 
 
-def imports(tree: ast.Module, package: str = "pipeline") -> tuple[set[str], set[str]]:
-    """The package modules a module imports: (everywhere else, under ``if __name__ == "__main__"``)."""
-    stub_nodes = {id(n) for node in tree.body if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
-                  for n in ast.walk(node)}
-    found, stubs = set(), set()
+def imports(tree: ast.Module, package: str = "pipeline") -> set[str]:
+    """The package modules a module imports, anywhere in it."""
+    found = set()
     for node in ast.walk(tree):
         names = []
         if isinstance(node, ast.ImportFrom):
@@ -40,8 +38,8 @@ def imports(tree: ast.Module, package: str = "pipeline") -> tuple[set[str], set[
                 names = [a.name for a in node.names]
         elif isinstance(node, ast.Import):
             names = [a.name.split(".")[1] for a in node.names if a.name.startswith(package + ".")]
-        (stubs if id(node) in stub_nodes else found).update(names)
-    return found, stubs
+        found.update(names)
+    return found
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -142,14 +140,12 @@ def main() -> None:
     args = [a for a in sys.argv[1:] if a != "--trace"]
     root = Path(args[0] if args else Path(__file__).resolve().parent.parent).resolve()
     modules = sorted((root / "pipeline").glob("*.py"))
-    graph, stubs = {}, {}
+    graph = {}
     print(f"{'module':<14} {'lines':>5}  imports from pipeline")
     for path in modules:
         name = path.stem
-        found, stub = imports(ast.parse(path.read_text()))
-        graph[name], stubs[name] = found - {name}, stub
-        extra = f"   (entry-point stub: {', '.join(sorted(stub))})" if stub else ""
-        print(f"{name:<14} {len(path.read_text().splitlines()):>5}  {', '.join(sorted(graph[name]))}{extra}")
+        graph[name] = imports(ast.parse(path.read_text())) - {name}
+        print(f"{name:<14} {len(path.read_text().splitlines()):>5}  {', '.join(sorted(graph[name]))}")
     found = cycles(graph)
     print("\nimport cycles: " + ("; ".join(" -> ".join(c) for c in found) if found else "none"))
     over = [p for p in modules if len(p.read_text().splitlines()) > 400]
