@@ -36,24 +36,25 @@ def parse_ints(text: str | None, option: str = "--folds", example: str = "0,2") 
     return list(dict.fromkeys(values))
 
 
-def run(main) -> None:
-    """Exit with ``guarded(main)``'s code; Ctrl-C exits 130."""
+def exit_code(main, stopped: str) -> int:
+    """``guarded(main)``'s exit code; Ctrl-C prints ``stopped`` and gives 130, not a traceback."""
     try:
-        sys.exit(guarded(main))
+        return guarded(main)
     except (Interrupted, KeyboardInterrupt):
-        print("stopped; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
+        print(stopped, file=sys.stderr)
+        return 130
+
+
+def run(main) -> None:
+    """train.py and infer.py: exit with ``main``'s code; an interrupted run resumes."""
+    sys.exit(exit_code(main, "stopped; run the same command again to resume"))
 
 
 def stoppable(main) -> int:
-    """``guarded(main)`` for the commands that only write results (reports, blends, samples): Ctrl-C is
-    one line and exit code 130, not a traceback; every file is written whole or not at all."""
-    try:
-        return guarded(main)
-    except KeyboardInterrupt:
-        print("stopped (Ctrl-C); the files written so far are whole: run the same command again for the rest",
-              file=sys.stderr)
-        return 130
+    """The commands that only write results (reports, blends, samples): every file is written whole
+    or not at all."""
+    return exit_code(main, "stopped (Ctrl-C); the files written so far are whole: run the same command "
+                           "again for the rest")
 
 
 def tune_process(cfg: C.Config | None = None) -> None:
