@@ -6,6 +6,7 @@
 #     bash benchmarks/diagnosis.sh                 # every run below, in order (resumes: finished folds are kept)
 #     RUNS="aux1" bash benchmarks/diagnosis.sh     # one of them
 #     FOLDS=0,1 RUNS="bin aux1" bash benchmarks/diagnosis.sh   # some folds only (infer.py with those)
+#     SEED=7 RUNS="bin aux1" bash benchmarks/diagnosis.sh      # a second seed: runs bin_s7, aux1_s7
 #     .venv/bin/python benchmarks/predict_modes.py oof/diag/aux1   # its OOF from each head (no training)
 #     .venv/bin/python benchmarks/diagnosis_table.py               # the table (pipeline.cv's intervals)
 set -euo pipefail
@@ -18,9 +19,10 @@ declare -A SETS=(
   [aux05]="train.aux_weight=0.5 model.predict=mean"
   [aux2]="train.aux_weight=2 model.predict=mean"
 )
-for name in ${RUNS:-bin aux1 aux05 aux2}; do
+for run in ${RUNS:-bin aux1 aux05 aux2}; do
+  name=$run${SEED:+_s$SEED}
   CFG=(--config configs/isic2017.yaml --config configs/cpu_hour.yaml name=$name output_dir=$OUT
-       data.cache_dir=$OUT/cache ${SETS[$name]})
+       data.cache_dir=$OUT/cache ${SETS[$run]} ${SEED:+train.seed=$SEED})
   t0=$SECONDS
   "$PY" train.py "${CFG[@]}" ${FOLDS:+--folds $FOLDS}
   t1=$SECONDS

@@ -58,6 +58,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data import build_cache  # noqa: E402
@@ -65,6 +66,8 @@ from pipeline.engine import forward, one_thread, predict, to_input, tta_views  #
 from pipeline.mixup import mixup, mixup_loss  # noqa: E402
 from pipeline.prepare import TrainData  # noqa: E402
 from pipeline.trainer import build_fold, build_optimizer, run_epoch  # noqa: E402
+
+import paths  # noqa: E402  (benchmarks/paths.py)
 
 ISIC2017 = ROOT.parent / "shared" / "data" / "isic2017"
 N_META = 8  # width of the (random) meta vector; the meta MLP is tiny either way
@@ -200,6 +203,11 @@ def parse_args(argv) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--source", choices=["auto", "isic2017", "generated"], default="auto")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
+    p.add_argument("--no-compiled-train", action="store_true", help="skip the compiled training epoch")
+    p.add_argument("--backends", type=lambda v: [x for x in v.split(",") if x], default=list(paths.BACKENDS),
+                   help="infer.backend values to measure, comma-separated ('' = none)")
+    p.add_argument("--backend-rounds", type=int, default=5, help="TTA rounds per backend; the first is a warm-up")
+    p.add_argument("--compile-mode", default="default", help="inductor mode of the compiled paths")
     args = p.parse_args(argv)
     if args.epochs < 2 or args.infer_rounds < 2:
         p.error("--epochs and --infer-rounds must be at least 2 (the first one is a warm-up)")
@@ -223,6 +231,8 @@ class Bench:
     raw_meta: torch.Tensor = None   # inputs of the raw step (batch_size rows) and forward (infer_bs rows)
     raw_y: torch.Tensor = None
     raw_meta_i: torch.Tensor = None
+    data: object = None             # the pipeline's TrainData (the compiled fold is built on it too)
+    n_meta: int = N_META
 
 
 def configure(p: argparse.ArgumentParser, args: argparse.Namespace) -> Bench:
@@ -261,7 +271,8 @@ def setup(b: Bench, tmp: Path, rng: np.random.Generator) -> None:
     # trainer.run_epoch: what train.py runs), on a table whose fold 0 is the validation set.
     df = pd.DataFrame({"cache_row": np.arange(len(b.paths)), "target": y.astype(int),
                        "fold": np.r_[np.ones(b.n_train, int), np.zeros(b.n_val, int)]})
-    b.fold = build_fold(b.cfg, TrainData(df, images, meta, None, []), 0)
+    b.data = TrainData(df, images, meta, None, [])
+    b.fold = build_fold(b.cfg, b.data, 0)
     model, rt = b.fold.model, b.fold.rt
     # Raw twins, one per memory format, copied before any training so all start alike. They run in the
     # pipeline's precision (autocast) and take already-normalised float inputs of the same shape.
@@ -317,11 +328,14 @@ def probe(b: Bench) -> tuple[str, str, dict, dict]:
     return best_train_fmt, best_infer_fmt, train_raw, infer_raw
 
 
-def train_epochs(b: Bench, train_raw: dict, fmt: str) -> tuple[Tally, Tally, list, float]:
+def train_epochs(b: Bench, train_raw: dict, fmt: str, fold=None, epochs: int | None = None,
+                 label: str = "pipeline") -> tuple[Tally, Tally, list, float]:
     """The pipeline's epochs (run_epoch, as train.py runs it), each pipeline step followed by a raw
     step of the faster format; the first epoch is a warm-up for both. Then one more epoch alone.
-    Returns the pipeline's training and validation tallies, the loader waits, and the alone rate."""
-    fold, t, n_train, n_val = b.fold, b.cfg.train, b.n_train, b.n_val
+    Returns the pipeline's training and validation tallies, the loader waits, and the alone rate.
+    ``fold``: another fold than the pipeline's (the compiled one), ``epochs`` of it."""
+    fold, epochs = fold or b.fold, epochs or b.args.epochs
+    t, n_train, n_val = b.cfg.train, b.n_train, b.n_val
     train_loader, timed = fold.train_loader, False
 
     def between():  # one raw step of the faster format per pipeline step
@@ -330,7 +344,7 @@ def train_epochs(b: Bench, train_raw: dict, fmt: str) -> tuple[Tally, Tally, lis
             train_raw["train"].add(t.batch_size, s, [s])
 
     pipe_train, pipe_val, fetch = Tally(), Tally(), []
-    for epoch in range(b.args.epochs):
+    for epoch in range(epochs):
         timed = epoch > 0
         loader = fold.train_loader = Interleaved(train_loader, between)
         row = run_epoch(b.cfg, fold, epoch, lambda: False)  # train.py's epoch, as it is
@@ -339,7 +353,7 @@ def train_epochs(b: Bench, train_raw: dict, fmt: str) -> tuple[Tally, Tally, lis
             pipe_train.add(n_train, train_s, loader.steps)
             fetch += loader.fetch
             pipe_val.add(n_val, val_s, [])
-        print(f"epoch {epoch + 1}: pipeline {n_train / train_s:.1f} img/s" + (" (warm-up)" if not timed else "")
+        print(f"epoch {epoch + 1}: {label} {n_train / train_s:.1f} img/s" + (" (warm-up)" if not timed else "")
               + (f", raw {fmt} {train_raw['train'].rate:.1f}" if timed else "")
               + f"; validation {n_val / val_s:.1f} img/s; pipeline steps {sum(loader.steps):.2f}s (first "
               f"{loader.steps[0]:.2f}s, slowest {max(loader.steps):.2f}s), outside steps "
@@ -347,16 +361,17 @@ def train_epochs(b: Bench, train_raw: dict, fmt: str) -> tuple[Tally, Tally, lis
     fold.train_loader = train_loader
     # One more epoch alone, nothing in between: the figure train.py's log.csv shows (images / train_s),
     # to check the interleaved measurement against.
-    row = run_epoch(b.cfg, fold, b.args.epochs, lambda: False)
+    row = run_epoch(b.cfg, fold, epochs, lambda: False)
     alone = n_train / row["train_s"]
-    print(f"epoch {b.args.epochs + 1} alone, as log.csv times it: {alone:.1f} img/s", flush=True)
+    print(f"epoch {epochs + 1} alone, as log.csv times it: {alone:.1f} img/s", flush=True)
     return pipe_train, pipe_val, fetch, alone
 
 
-def infer_rounds(b: Bench, infer_raw: dict) -> tuple[Tally, list]:
+def infer_rounds(b: Bench, infer_raw: dict, model=None, rounds: int | None = None) -> tuple[Tally, list]:
     """engine.predict with TTA over the validation rows, each batch followed by a raw forward of the
     faster format; the first round is a warm-up. Returns the pipeline's tally (every view counted)
-    and the pipeline/raw ratio of each timed round."""
+    and the pipeline/raw ratio of each timed round. ``model``: what predicts (an infer.backend's
+    runner), by default the fold's model."""
     tta, n_val, timed = b.args.tta, b.n_val, False
 
     def between():
@@ -365,12 +380,12 @@ def infer_rounds(b: Bench, infer_raw: dict) -> tuple[Tally, list]:
             infer_raw["infer"].add(len(infer_raw["xi"]), s, [s])
 
     pipe_infer, ratios = Tally(), []
-    for rnd in range(b.args.infer_rounds):
+    for rnd in range(rounds or b.args.infer_rounds):
         timed = rnd > 0
         before = infer_raw["infer"].seconds, infer_raw["infer"].images
         loader = Interleaved(b.fold.val_loader, between)
         start = time.perf_counter()
-        predict(b.fold.model, loader, b.fold.rt, tta=tta, desc="predict")
+        predict(model or b.fold.model, loader, b.fold.rt, tta=tta, desc="predict")
         s = time.perf_counter() - start - loader.between_s
         if timed:
             pipe_infer.add(n_val * tta, s, [])
@@ -445,9 +460,12 @@ def print_table(b: Bench, m: dict) -> None:
     print("\nthe loop's chores alone, median ms: before -> as the pipeline runs them")
     for name, (a, c) in m["chores"].items():
         print(f"  {name:<50} {a:7.2f} -> {c:6.2f}")
+    extra = paths.print_paths(b, m)
     print()
     print(f"train_ratio={train_ratio:.3f} infer_ratio={infer_ratio:.3f} infer_ratio_median={med:.3f} "
-          f"peak_rss_mb={int(round(rss_mb))}")
+          f"compiled_train_x={extra['compiled_train_x']:.3f} fastest_infer_x={extra['fastest_infer_x']:.3f} "
+          f"fastest_backend={extra['fastest_backend']} gflop_per_image={extra['gflop']:.3f} "
+          f"ceiling_gflops={extra['ceiling_gflops']:.1f} peak_rss_mb={int(round(rss_mb))}")
 
 
 def main(argv=None):
@@ -461,6 +479,11 @@ def main(argv=None):
         m.update(zip(("pipe_infer", "infer_ratios"), infer_rounds(b, m["infer_raw"])))
         m["worker_mb"] = workers_peak_rss_mb()  # while the persistent loader workers are alive
         m["chores"] = loop_chores(b, rng)
+        m["ceiling"] = paths.matmul_gflops()
+        m["gflop"] = paths.forward_gflop(b.fold.model, b.fold.rt, b.n_meta, b.cfg.model.image_size)
+        m["backends"] = paths.backend_inference(b, m["infer_raw"], infer_rounds)
+        if not b.args.no_compiled_train:
+            m["compiled"] = paths.compiled_training(b, m["train_raw"], m["train_fmt"], train_epochs)
     print_table(b, m)
 
 

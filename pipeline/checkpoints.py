@@ -13,10 +13,12 @@ The functions take the fold being trained (``trainer.Fold``): its ``dir``, ``mod
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import torch
 
+from .backends import for_inference, use_cache
 from .engine import Runtime, make_runtime, place
 from .errors import CheckpointError
 from .io import load_checkpoint, remove_stale_temps, save_checkpoint
@@ -120,9 +122,16 @@ def predicting_model(cfg, n_meta: int, fold_dir: Path, diagnosis=None, device: t
     (``cfg``, the trained config) with ``fold_dir/best.pt``'s weights. The one way a trained fold
     predicts: its OOF rows (trainer.finish_fold), the submission (infer.py), re-predictions
     (benchmarks/tta_views.py). ``diagnosis``: the classes of the diagnosis head, when it has one.
-    ``cpu_bf16`` turns bfloat16 on for CPU inference only."""
+    ``cpu_bf16`` turns bfloat16 on for CPU inference only. ``infer.backend`` says what runs it
+    (backends.for_inference): the module itself, or a Runner over a compiled or exported copy."""
     model = build_model(cfg, n_meta, diagnosis, pretrained="none")
     model.load_state_dict(load_checkpoint(fold_dir / "best.pt")["model"])
-    t = cfg.train
+    t, i = cfg.train, cfg.infer
     rt = make_runtime(model, t.amp, t.cpu_bf16 or cpu_bf16, t.channels_last, device, progress=progress)
-    return place(model, rt), rt
+    if i.backend == "compile":
+        use_cache(cfg.data.cache_dir)
+    start = time.time()
+    runner = for_inference(place(model, rt), rt, i.backend, i.compile_mode, i.batch_size, n_meta, cfg.model.image_size)
+    if runner is not model:
+        print(f"{fold_dir.name}: infer.backend={i.backend} ready in {time.time() - start:.0f}s")
+    return runner, rt

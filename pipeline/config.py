@@ -122,6 +122,11 @@ class TrainConfig:
     amp: bool = opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")
     cpu_bf16: bool = opt(False, "bf16 autocast on CPU")
     channels_last: bool = opt(True, "channels_last memory format")
+    compile: bool = opt(False, "torch.compile (inductor) the training step and validation; the saved weights stay "
+                               "the plain module's. Off: on the 2-core CPU it was slower than eager "
+                               "(benchmarks/README.md); without a C++ compiler (CPU) or Triton (CUDA): eager, warned")
+    compile_mode: str = opt("default", "inductor's mode for train.compile: default, reduce-overhead, max-autotune, "
+                                       "max-autotune-no-cudagraphs")
     augment: str = opt("fused", "training augmentation: fused (one warp + one colour matrix) or albumentations (same ops, slower)")
     aug_scale: float = opt(0.1, "random scale jitter (+-)")
     aug_color: float = opt(0.1, "brightness/contrast/saturation jitter (+-)")
@@ -133,6 +138,10 @@ class InferConfig:
     batch_size: int = opt(64, "images per inference batch (views come on top)")
     allow_missing_folds: bool = opt(False, "predict with the folds that exist instead of failing")
     cpu_bf16: bool = opt(False, "bf16 autocast for the test predictions on CPU (about 2x faster where the CPU has bf16)")
+    backend: str = opt("torch", "what runs the predicting model (OOF and submission): torch (eager), compile "
+                                "(inductor, weights frozen), onnxruntime or openvino (fp32, CPU; exported from "
+                                "best.pt each time); equal to torch within 1e-4")
+    compile_mode: str = opt("default", "inductor's mode for infer.backend=compile (as train.compile_mode)")
 
 
 @dataclass
@@ -199,6 +208,12 @@ class Config:
             (0.0 <= t.aug_scale < 1.0 and 0.0 <= t.aug_color < 1.0, "train.aug_scale and train.aug_color must be in [0, 1)"),
             (1 <= i.tta <= 8, "infer.tta must be between 1 and 8"),
             (i.batch_size >= 1, "infer.batch_size must be >= 1"),
+            (t.compile_mode in COMPILE_MODES and i.compile_mode in COMPILE_MODES,
+             f"train.compile_mode and infer.compile_mode must be one of {', '.join(COMPILE_MODES)}, "
+             f"got {t.compile_mode!r} and {i.compile_mode!r}"),
+            (i.backend in BACKENDS, f"infer.backend must be one of {', '.join(BACKENDS)}, got {i.backend!r}"),
+            (not (i.cpu_bf16 and i.backend in ("onnxruntime", "openvino")),
+             f"infer.backend={i.backend} runs fp32: set infer.cpu_bf16=false, or use torch or compile for bf16"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -207,6 +222,8 @@ class Config:
 
 PRETRAINED = ("auto", "offline", "timm", "none")
 PREDICT = ("binary", "diagnosis", "mean")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+BACKENDS = ("torch", "compile", "onnxruntime", "openvino")
 
 
 def plain_name(name: str) -> bool:

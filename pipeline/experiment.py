@@ -45,7 +45,8 @@ from .tables import few
 
 # Keys that change where or how a run is executed, not its results: they may differ on resume.
 # Where the data and the fold table lie does not matter either: their content is compared (data.csv).
-RUN_ONLY_KEYS = {"name", "output_dir", "train.folds", "train.num_workers", "train.deterministic", "data.root",
+RUN_ONLY_KEYS = {"name", "output_dir", "train.folds", "train.num_workers", "train.deterministic",
+                 "train.compile", "train.compile_mode", "data.root",
                  "data.cache_dir", "data.generate_sample", "folds.path", "features.max_bad_fraction", "infer"}
 # Of those, the keys that train.py still uses for what it writes: the views of the OOF predictions.
 # Every fold of an experiment is predicted with config.yaml's; infer.py may use others for the submission.

@@ -24,6 +24,7 @@ from timm.optim import Lookahead, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 
+from . import backends as B
 from . import checkpoints as K
 from . import config as C
 from . import distributed as D
@@ -76,11 +77,23 @@ class Fold:
     scaler: torch.amp.GradScaler | None
     state: dict
     ema: ModelEmaV3 | None = None
+    validating: torch.nn.Module | None = None  # what validates ``evaluated``: itself, or compiled
+    compile_s: float = 0.0                     # seconds train.compile took when the fold was built
+
 
     @property
     def evaluated(self) -> torch.nn.Module:
         """The weights that are validated and saved as best.pt: the EMA's when there is one."""
         return self.ema.module if self.ema is not None else self.model
+
+    def compile(self, cfg: C.Config, n_meta: int) -> None:
+        """train.compile: the training step and validation compiled (``net``, ``validating``); the
+        plain modules stay what is saved and loaded."""
+        B.use_cache(cfg.data.cache_dir)
+        self.net, self.validating, self.compile_s = B.compiled_for_training(
+            self.model, self.net, self.evaluated, self.rt, cfg.train.compile_mode, self.train_loader.batch_size,
+            cfg.infer.batch_size, n_meta, cfg.model.image_size)
+        print(f"fold {self.k}: train.compile ({cfg.train.compile_mode}) took {self.compile_s:.0f}s")
 
 
 def build_fold(cfg: C.Config, data: TrainData, k: int, dist: D.Dist = D.SINGLE) -> Fold:
@@ -117,8 +130,12 @@ def build_fold(cfg: C.Config, data: TrainData, k: int, dist: D.Dist = D.SINGLE) 
     scheduler = build_scheduler(optimizer, t, len(train_idx) // t.batch_size)
     scaler = torch.amp.GradScaler() if rt.amp_dtype == torch.float16 else None
     state = {"epoch": 0, "step": 0, "best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0}
-    return Fold(k, cfg.exp_dir / f"fold{k}", model, net, rt, train_ds, train_loader,
-                eval_loader(cfg, data, mine, pin), val_idx, binary[val_idx], optimizer, scheduler, scaler, state, ema)
+    f = Fold(k, cfg.exp_dir / f"fold{k}", model, net, rt, train_ds, train_loader,
+             eval_loader(cfg, data, mine, pin), val_idx, binary[val_idx], optimizer, scheduler, scaler, state, ema)
+    f.validating = f.evaluated
+    if t.compile:
+        f.compile(cfg, data.meta.shape[1])
+    return f
 
 
 def predict_fold(model, loader, rt: Runtime, tta: int, desc: str, dist: D.Dist) -> np.ndarray:
@@ -148,17 +165,19 @@ def run_epoch(cfg: C.Config, f: Fold, epoch: int, stop, dist: D.Dist = D.SINGLE)
         dist.average_buffers(f.ema.module)
     train_time = time.time() - start
     loss = float(np.mean(dist.gather(loss)))
-    auc = float(roc_auc_score(f.y_val, predict_fold(f.evaluated, f.val_loader, f.rt, 1, f"fold {f.k} validate", dist)))
+    auc = float(roc_auc_score(f.y_val, predict_fold(f.validating, f.val_loader, f.rt, 1, f"fold {f.k} validate", dist)))
     improved = auc > f.state["best_auc"]
     if improved:
         f.state.update(best_auc=auc, best_epoch=epoch + 1, bad_epochs=0)
     else:
         f.state["bad_epochs"] += 1
     f.state["epoch"] = epoch + 1
-    return {"epoch": epoch + 1, "train_loss": round(loss, 6), "val_auc": round(auc, 6),
-            "lr": f.optimizer.param_groups[0]["lr"], "train_s": round(train_time, 2),
-            "val_s": round(time.time() - start - train_time, 2), "best": improved,
-            "peak_rss_mb": peak_rss_mb()}
+    row = {"epoch": epoch + 1, "train_loss": round(loss, 6), "val_auc": round(auc, 6),
+           "lr": f.optimizer.param_groups[0]["lr"], "train_s": round(train_time, 2),
+           "val_s": round(time.time() - start - train_time, 2), "best": improved, "peak_rss_mb": peak_rss_mb()}
+    if t.compile:  # the compile time, on the first epoch the fold ran after it was built (or resumed)
+        row["compile_s"], f.compile_s = round(f.compile_s, 2), 0.0
+    return row
 
 
 def finish_fold(cfg: C.Config, data: TrainData, f: Fold, dist: D.Dist = D.SINGLE) -> pd.DataFrame:

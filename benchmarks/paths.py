@@ -1,0 +1,119 @@
+"""The compiled and exported paths for benchmarks/throughput.py (issue 17): the machine's fp32 matmul
+rate (its practical ceiling), the model's GFLOP per image, the pipeline's compiled training epoch
+(train.compile) and TTA inference through each infer.backend, each interleaved with the eager raw
+step or forward as throughput.py measures the eager pipeline, and each path's share of the ceiling."""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from pipeline.backends import example, for_inference
+from pipeline.config import with_overrides
+from pipeline.engine import forward, predict
+from pipeline.trainer import build_fold
+
+BACKENDS = ("torch", "compile", "onnxruntime", "openvino")
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 7) -> float:
+    """fp32 GFLOP/s of an n x n matmul on torch's threads: the practical ceiling of this machine."""
+    a, c = torch.randn(n, n), torch.randn(n, n)
+    a @ c
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ c
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def forward_gflop(model, rt, n_meta: int, size: int) -> float:
+    """GFLOP of one image's forward (torch.utils.flop_counter; a training step is taken as 3x: the
+    counter's backward count for depthwise convolutions is not to be trusted)."""
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        forward(model, *example(rt, 1, n_meta, size), rt)
+    return counter.get_total_flops() / 1e9
+
+
+def compiled_training(b, train_raw: dict, fmt: str, train_epochs) -> dict:
+    """A second fold, built with train.compile (its compile timed by build_fold), trained by
+    run_epoch as train.py runs it: one warm-up epoch, one timed, interleaved with the eager raw step
+    on the compiled fold's own plain module; then one epoch alone."""
+    cfg = with_overrides(b.cfg, ["train.compile=true", f"train.compile_mode={b.args.compile_mode}"])
+    cfg.infer.batch_size = b.infer_bs
+    fold = build_fold(cfg, b.data, 0)
+    compile_s = fold.compile_s  # run_epoch logs it once, then clears it
+    pipe_fmt = "channels_last" if fold.rt.channels_last else "contiguous"
+    raw = dict(train_raw, train=copy.copy(train_raw["train"]))
+    raw["train"].__init__()
+    if fmt == pipe_fmt:
+        raw.update(model=fold.model, opt=fold.optimizer, rt=fold.rt)
+    pipe, _, _, alone = train_epochs(b, raw, fmt, fold=fold, epochs=2, label="compiled")
+    return {"rate": pipe.rate, "raw": raw["train"].rate, "compile_s": compile_s, "alone": alone}
+
+
+def backend_inference(b, infer_raw: dict, infer_rounds) -> dict:
+    """Each infer.backend on the trained fold's weights: TTA predictions over the validation rows,
+    their largest difference from eager's, and the rate over rounds interleaved with the eager
+    raw forward. {backend: dict(rate, ratio, ready_s, max_diff)} for the backends that run."""
+    model, rt, tta = b.fold.model, b.fold.rt, b.args.tta
+    eager = predict(model, b.fold.val_loader, rt, tta=tta, desc="eager")
+    out = {}
+    for backend in b.args.backends:
+        start = time.perf_counter()
+        try:
+            runner = for_inference(copy.deepcopy(model), rt, backend, b.args.compile_mode, b.infer_bs, b.n_meta,
+                                   b.cfg.model.image_size)
+        except Exception as e:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
+            print(f"{backend}: cannot run ({type(e).__name__}: {str(e).splitlines()[0]})", flush=True)
+            continue
+        ready = time.perf_counter() - start
+        diff = float(np.abs(predict(runner, b.fold.val_loader, rt, tta=tta, desc=backend) - eager).max())
+        raw = dict(infer_raw, infer=copy.copy(infer_raw["infer"]))
+        raw["infer"].__init__()
+        tally, ratios = infer_rounds(b, raw, model=runner, rounds=b.args.backend_rounds)
+        out[backend] = {"rate": tally.rate, "ratio": statistics.median(ratios), "ready_s": ready, "max_diff": diff}
+        print(f"{backend}: TTA x{tta} {tally.rate:.1f} views/s, {statistics.median(ratios):.3f}x the eager raw "
+              f"forward (ready in {ready:.0f}s), largest difference from eager {diff:.1e}", flush=True)
+    return out
+
+
+def print_paths(b, m: dict) -> dict:
+    """The paths' table; returns the figures the last line gains."""
+    ceiling, gflop = m["ceiling"], m["gflop"]
+    train_eager, raw_step = m["pipe_train"].rate, m["train_raw"]["train"].rate
+    raw_forward = m["infer_raw"]["infer"].rate
+    rows = [("fp32 matmul 2048^2 (the ceiling)", f"{ceiling:.1f} GFLOP/s", ""),
+            ("model forward per image", f"{gflop:.3f} GFLOP", "training step taken as 3x"),
+            ("raw train step, eager", f"{raw_step:.1f} img/s", share(raw_step * 3 * gflop, ceiling)),
+            ("pipeline training, eager", f"{train_eager:.1f} img/s", share(train_eager * 3 * gflop, ceiling))]
+    c = m.get("compiled")
+    if c:
+        rows.append((f"pipeline training, compiled ({b.args.compile_mode})", f"{c['rate']:.1f} img/s",
+                     f"{share(c['rate'] * 3 * gflop, ceiling)}; {c['rate'] / c['raw']:.3f}x its interleaved eager raw "
+                     f"step ({c['raw']:.1f}); compile {c['compile_s']:.0f}s; alone {c['alone']:.1f}"))
+    rows.append(("raw forward, eager", f"{raw_forward:.1f} img/s", share(raw_forward * gflop, ceiling)))
+    for name, r in m.get("backends", {}).items():
+        rows.append((f"TTA inference, infer.backend={name}", f"{r['rate']:.1f} views/s",
+                     f"{share(r['rate'] * gflop, ceiling)}; {r['ratio']:.3f}x the raw forward; max diff "
+                     f"{r['max_diff']:.1e}; ready {r['ready_s']:.0f}s"))
+    print(f"\n| {'path':<44} | {'rate':>15} | note")
+    print(f"|{'-' * 46}|{'-' * 17}|------")
+    for name, rate, note in rows:
+        print(f"| {name:<44} | {rate:>15} | {note}")
+    shipped = {k: r for k, r in m.get("backends", {}).items() if r["max_diff"] <= 1e-4}
+    fastest = max(shipped, key=lambda k: shipped[k]["ratio"]) if shipped else None
+    return {"compiled_train_x": c["rate"] / c["raw"] if c else float("nan"),
+            "fastest_infer_x": shipped[fastest]["ratio"] if fastest else float("nan"),
+            "fastest_backend": fastest, "gflop": gflop, "ceiling_gflops": ceiling}
+
+
+def share(gflops: float, ceiling: float) -> str:
+    return f"{gflops:.1f} GFLOP/s = {100 * gflops / ceiling:.0f}% of the ceiling"
