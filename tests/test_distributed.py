@@ -77,12 +77,16 @@ def test_sharded_shuffle_gives_every_global_batch_whatever_the_process_count(wor
         assert together == one[s * batch:(s + 1) * batch]
 
 
-@pytest.mark.parametrize("aux", [False, True], ids=["binary", "diagnosis_head"])
-def test_ranks_start_equal_mix_alike_and_stay_equal(tiny_data, tmp_path, aux):
+@pytest.mark.parametrize("aux,compiled", [(False, False), (True, False), (False, True)],
+                         ids=["binary", "diagnosis_head", "compiled"])
+def test_ranks_start_equal_mix_alike_and_stay_equal(tiny_data, tmp_path, aux, compiled):
     """Head-bias init, every mixup lambda, the step count, the weights (both heads apart) and
     Lookahead's slow weights after an epoch are the same on both ranks; each rank trains half of
-    every global batch."""
+    every global batch. Compiled: DDP first, then torch.compile (timm's test model: it compiles in
+    a minute)."""
     extra = {"data.diagnosis_col": "diagnosis", "train.aux_weight": 1.0} if aux else {}
+    if compiled:
+        extra.update({"train.compile": True, "model.backbone": "test_efficientnet", "model.pretrained": "none"})
     args = tiny_overrides(tiny_data, tmp_path, **{"train.epochs": 1, "train.mixup_prob": 0.7,
                                                   "train.lookahead_k": 2, "train.batch_size": 16, **extra})
     out, _ = finish(torchrun(str(ROOT / "tests" / "ddp_probe.py"), *args, cwd=tmp_path))
