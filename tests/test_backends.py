@@ -18,6 +18,7 @@ from conftest import ROOT, run_cli, tiny_overrides
 from pipeline import backends as B
 from pipeline.data import ImageMetaDataset, make_loader
 from pipeline.engine import forward, make_runtime, place, predict
+from pipeline.errors import ConfigError
 from pipeline.io import load_checkpoint
 from pipeline.model import ImageMetaNet
 
@@ -116,15 +117,16 @@ def test_a_model_that_does_not_compile_runs_eager_with_one_warning(monkeypatch, 
 
 @pytest.fixture(scope="module")
 def compiled_runs(tiny_data, tmp_path_factory):
-    """The same compiled fold twice: once uninterrupted, once killed after its first epoch was
-    saved and run again. Both share one image cache, so inductor's on-disk cache (under it)
-    serves the later compiles."""
+    """The same compiled fold (with EMA and 2 micro-batches per step) twice: once uninterrupted,
+    once killed after its first epoch was saved and run again. Both share one image cache, so
+    inductor's on-disk cache (under it) serves the later compiles."""
     work = tmp_path_factory.mktemp("compiled")
 
     def args(name):
         return [str(ROOT / "train.py"), *tiny_overrides(tiny_data, work, **{
             "name": name, "model.backbone": TINY, "model.pretrained": "none", "train.compile": True,
-            "train.epochs": 3, "train.patience": 5, "folds.n_folds": 2}), "--folds", "0"]
+            "train.epochs": 3, "train.patience": 5, "folds.n_folds": 2, "train.ema": True,
+            "train.accumulate": 2}), "--folds", "0"]
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     first = run_cli(*args("ref")[0:], cwd=work)
@@ -207,3 +209,14 @@ def test_bf16_with_an_fp32_backend_is_refused(tiny_data, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: infer.backend=onnxruntime runs fp32: set infer.cpu_bf16=false, or use "
                                    "torch or compile for bf16")
+
+
+def test_an_fp32_backend_under_bf16_predicts_with_torch_and_a_missing_package_is_one_line(capsys):
+    model = trained_looking(2)
+    rt = make_runtime(model, amp=False, cpu_bf16=True, channels_last=True, device=torch.device("cpu"))
+    assert B.for_inference(model, rt, "openvino", "default", 4, 2, 32) is model
+    assert capsys.readouterr().err.strip() == ("warning: infer.backend=openvino runs fp32 on the CPU; predicting "
+                                               "with torch on cpu with autocast")
+    with pytest.raises(ConfigError, match=r"^infer.backend=onnxruntime needs the no_such_package package "
+                                          r"\(pip install no_such_package\), or use infer.backend=torch$"):
+        B.need("no_such_package", "onnxruntime")
