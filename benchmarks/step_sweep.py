@@ -5,7 +5,8 @@ by step with the eager reference so that load from other processes hits all alik
     .venv/bin/python benchmarks/step_sweep.py                       # recipe size: 192 px, batch 32
     .venv/bin/python benchmarks/step_sweep.py --modes default max-autotune-no-cudagraphs --steps 12
 
-Settings: eager at each --batches (per-image rate); eager on 1 thread; torch.compile of the step's model in each --modes (compile time printed). Each line gives images/s
+Settings: eager at each --batches (per-image rate); eager on 1 thread; eager with denormal floats
+flushed to zero (torch.set_flush_denormal); torch.compile of the step's model in each --modes (compile time printed). Each line gives images/s
 and the ratio to the eager reference (batch 32, all threads) measured beside it.
 """
 from __future__ import annotations
@@ -33,7 +34,8 @@ N_META = 8
 class Step:
     """One raw training step of its own model, optimizer and inputs: ``run()`` returns seconds."""
 
-    def __init__(self, cfg, batch: int, compile_mode: str | None = None, threads: int | None = None):
+    def __init__(self, cfg, batch: int, compile_mode: str | None = None, threads: int | None = None,
+                 flush_denormal: bool = False):
         self.model = build_model(cfg, N_META, pretrained="none")
         self.rt = make_runtime(self.model, cfg.train.amp, cfg.train.cpu_bf16, True)
         place(self.model, self.rt)
@@ -41,7 +43,7 @@ class Step:
         size = cfg.model.image_size
         self.x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
         self.meta, self.y = torch.randn(batch, N_META), (torch.rand(batch) < 0.2).float()
-        self.batch, self.threads, self.net = batch, threads, self.model
+        self.batch, self.threads, self.net, self.flush = batch, threads, self.model, flush_denormal
         self.compile_s = 0.0
         if compile_mode:
             self.net = torch.compile(self.model, mode=compile_mode, dynamic=False)
@@ -51,6 +53,7 @@ class Step:
         before = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
+        torch.set_flush_denormal(self.flush)
         self.model.train()
         start = time.perf_counter()
         loss = mixup_loss(forward(self.net, self.x, self.meta, self.rt), self.y, self.y, 1.0)
@@ -59,6 +62,7 @@ class Step:
         self.opt.step()
         seconds = time.perf_counter() - start
         torch.set_num_threads(before)
+        torch.set_flush_denormal(False)
         return seconds
 
 
@@ -77,6 +81,7 @@ def main(argv=None):
     settings = {f"eager, batch {b}": Step(cfg, b) for b in args.batches if b != 32}
     if threads > 1:
         settings["eager, batch 32, 1 thread"] = Step(cfg, 32, threads=1)
+    settings["eager, batch 32, denormals flushed to zero"] = Step(cfg, 32, flush_denormal=True)
     for mode in args.modes:
         step = Step(cfg, 32, compile_mode=mode)
         print(f"compiled ({mode}): first step (the compile) {step.compile_s:.0f}s", flush=True)

@@ -60,6 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from pipeline.cli import tune_process  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data import build_cache  # noqa: E402
 from pipeline.engine import forward, one_thread, predict, to_input, tta_views  # noqa: E402
@@ -470,6 +471,7 @@ def print_table(b: Bench, m: dict) -> None:
 
 def main(argv=None):
     b = configure(*parse_args(argv))
+    tune_process(b.cfg)  # train.py's process-wide switches: glibc keeps freed memory, one OpenCV thread
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="throughput_") as tmp:
