@@ -5,13 +5,16 @@
 # reference (benchmarks/cpu_hour_search.sh must have run first). The budget: train + infer <= 60 min.
 #
 #     bash benchmarks/cpu_hour_final.sh
+#     NAME=ov_p5 EXTRA="infer.backend=openvino train.patience=5" BASELINE=oof/diag/bin bash benchmarks/cpu_hour_final.sh
+#
+# EXTRA: overrides on top of the recipe; BASELINE: the experiment compared against (same rows and folds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=oof/cpuhour
 NAME=${NAME:-cpu_hour}
 CFG=(--config configs/isic2017.yaml --config configs/cpu_hour.yaml name=$NAME output_dir=$OUT
-     data.cache_dir=$OUT/cache_$NAME)  # a cache of its own: its building is part of the timed run
+     data.cache_dir=$OUT/cache_$NAME ${EXTRA:-})  # a cache of its own: its building is part of the timed run
 t0=$SECONDS
 "$PY" train.py "${CFG[@]}"
 t1=$SECONDS
@@ -34,4 +37,5 @@ lo, hi = stats.percentile_interval(stats.bootstrap_auc(p, y, stats.group_codes(N
 print(f"val split (scored once): AUC {roc_auc_score(y, p):.4f} (95% interval {lo:.3f} to {hi:.3f}, images resampled) "
       f"on {len(sub)} images, {int(y.sum())} melanoma")
 PY
-"$PY" -m pipeline cv $OUT/ref_seed42 $OUT/$NAME --baseline ref_seed42 --no-plot --out $OUT/compare_$NAME
+BASELINE=${BASELINE:-$OUT/ref_seed42}
+"$PY" -m pipeline cv "$BASELINE" $OUT/$NAME --baseline "$(basename "$BASELINE")" --no-plot --out $OUT/compare_$NAME

@@ -1,8 +1,8 @@
 """How a model runs: PyTorch eager, compiled by torch.compile (inductor), or exported to ONNX Runtime
 or OpenVINO for prediction.
 
-    net, seconds = compiled_for_training(model, rt, mode, batch, n_meta)   # train.compile
-    runner = for_inference(model, rt, backend, mode, batch, n_meta)         # infer.backend
+    net, validating, seconds = compiled_for_training(model, net, evaluated, rt, mode, ...)  # train.compile
+    runner = for_inference(model, rt, backend, mode, batch, n_meta, size)                # infer.backend
 
 Whatever runs, the plain module stays what is saved and loaded: checkpoints, EMA, best.pt, resume
 and blends never see a compiled or exported model (no ``_orig_mod.`` keys). A compile that cannot
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import importlib.util
 import io
 import os
 import sys
@@ -25,7 +27,6 @@ import torch
 
 from .engine import Runtime, forward
 from .errors import ConfigError
-
 
 
 def use_cache(cache_dir: str) -> None:
@@ -162,12 +163,22 @@ def for_inference(model: torch.nn.Module, rt: Runtime, backend: str, mode: str, 
     return (onnxruntime_runner if backend == "onnxruntime" else openvino_runner)(model, x, meta)
 
 
+def check_backend(backend: str) -> None:
+    """Refuse an exported backend whose package is not installed, before anything runs."""
+    if backend in ("onnxruntime", "openvino") and importlib.util.find_spec(backend) is None:
+        raise missing(backend, backend)
+
+
 def need(package: str, backend: str):
     try:
-        return __import__(package)
+        return importlib.import_module(package)
     except ImportError:
-        raise ConfigError(f"infer.backend={backend} needs the {package} package (pip install {package}), "
-                          f"or use infer.backend=torch") from None
+        raise missing(package, backend) from None
+
+
+def missing(package: str, backend: str) -> ConfigError:
+    return ConfigError(f"infer.backend={backend} needs the {package} package (pip install {package}), "
+                       f"or use infer.backend=torch")
 
 
 def numpy_inputs(image: torch.Tensor, meta: torch.Tensor) -> dict:

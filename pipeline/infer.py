@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from . import config as C
+from .backends import check_backend
 from .checkpoints import predicting_model
 from .data import ImageMetaDataset, build_cache, make_loader
 from .diagnosis import Diagnosis, check_test
@@ -81,6 +82,7 @@ def make_submission(cfg: C.Config, data_overrides: Sequence[str] = ()) -> Path:
     check_names(cfg)
     cfg = inference_config(cfg, data_overrides)
     folds = finished_folds(cfg)
+    check_backend(cfg.infer.backend)
     writable = dict(what=" submission.csv", advice="copy the experiment to a disk that can be written (output_dir=...)")
     check_writable(cfg.exp_dir, **writable)  # before the test images are cached and predicted, not after
     test, sample, images, meta, diagnosis = test_inputs(cfg)

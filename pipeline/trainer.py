@@ -80,7 +80,6 @@ class Fold:
     validating: torch.nn.Module | None = None  # what validates ``evaluated``: itself, or compiled
     compile_s: float = 0.0                     # seconds train.compile took when the fold was built
 
-
     @property
     def evaluated(self) -> torch.nn.Module:
         """The weights that are validated and saved as best.pt: the EMA's when there is one."""
@@ -231,6 +230,7 @@ def check_run(cfg: C.Config, dist: D.Dist) -> list[int]:
     t = cfg.train
     folds = list(dict.fromkeys(t.folds or range(cfg.folds.n_folds)))
     check_backbone(cfg)
+    B.check_backend(cfg.infer.backend)  # the OOF rows are predicted with it
     if t.sync_bn and dist.world > 1 and dist.device.type != "cuda":
         raise ConfigError("train.sync_bn=true needs CUDA: torch's SyncBatchNorm does not run on the CPU")
     if t.batch_size % (dist.world * t.accumulate):

@@ -129,7 +129,7 @@ def compiled_runs(tiny_data, tmp_path_factory):
             "train.accumulate": 2}), "--folds", "0"]
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    first = run_cli(*args("ref")[0:], cwd=work)
+    first = run_cli(*args("ref"), cwd=work)
     proc = subprocess.Popen([sys.executable, *args("res")], cwd=work, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     log = work / "oof" / "res" / "fold0" / "log.csv"
@@ -163,7 +163,7 @@ def test_a_compiled_checkpoint_is_the_plain_module_and_every_backend_predicts_it
     assert best and not any("_orig_mod" in k or k.startswith("module.") for k in best)
     subs = {}
     for backend in ("torch", "onnxruntime", "openvino", "compile"):
-        args = tiny_overrides(tiny_data, work, **{"name": "ref", f"infer.backend": backend})
+        args = tiny_overrides(tiny_data, work, **{"name": "ref", "infer.backend": backend})
         proc = run_cli(str(ROOT / "infer.py"), *args, "--allow-missing-folds", cwd=work)
         assert ("ready in" in proc.stdout) == (backend != "torch"), proc.stdout
         subs[backend] = pd.read_csv(work / "oof" / "ref" / "submission.csv")
@@ -220,3 +220,19 @@ def test_an_fp32_backend_under_bf16_predicts_with_torch_and_a_missing_package_is
     with pytest.raises(ConfigError, match=r"^infer.backend=onnxruntime needs the no_such_package package "
                                           r"\(pip install no_such_package\), or use infer.backend=torch$"):
         B.need("no_such_package", "onnxruntime")
+
+
+def test_a_backend_whose_package_is_missing_is_refused_before_training(tiny_data, tmp_path, monkeypatch):
+    """The OOF rows are predicted with infer.backend: a missing package is found by check_run, before
+    the first epoch, not after it."""
+    import importlib.util
+
+    from pipeline import config as C
+    from pipeline import distributed as D
+    from pipeline import trainer as T
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    cfg = C.load_config(None, tiny_overrides(tiny_data, tmp_path, **{"infer.backend": "openvino"}))
+    with pytest.raises(ConfigError, match=r"^infer.backend=openvino needs the openvino package \(pip install "
+                                          r"openvino\), or use infer.backend=torch$"):
+        T.check_run(cfg, D.SINGLE)
