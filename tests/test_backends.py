@@ -125,20 +125,22 @@ def compiled_runs(tiny_data, tmp_path_factory):
     def args(name):
         return [str(ROOT / "train.py"), *tiny_overrides(tiny_data, work, **{
             "name": name, "model.backbone": TINY, "model.pretrained": "none", "train.compile": True,
-            "train.epochs": 3, "train.patience": 5, "folds.n_folds": 2, "train.ema": True,
+            "train.epochs": 4, "train.patience": 5, "folds.n_folds": 2, "train.ema": True,
             "train.accumulate": 2}), "--folds", "0"]
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     first = run_cli(*args("ref"), cwd=work)
     proc = subprocess.Popen([sys.executable, *args("res")], cwd=work, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    log = work / "oof" / "res" / "fold0" / "log.csv"
+    last = work / "oof" / "res" / "fold0" / "last.pt"
     deadline = time.time() + 600
-    while not (log.exists() and len(pd.read_csv(log)) >= 1):
+    while not last.exists():  # a compiled epoch of the tiny model takes well under a second: poll often
         assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.2)
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGSTOP)  # frozen at once, then killed: the fold cannot finish in between
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert load_checkpoint(last)["state"]["epoch"] < 4  # killed mid-fold
     resumed = run_cli(*args("res"), cwd=work)
     return {"work": work, "first": first, "resumed": resumed, "args": args}
 
