@@ -49,14 +49,12 @@ def compiled_training(b, train_raw: dict, fmt: str, train_epochs) -> dict:
     cfg = with_overrides(b.cfg, ["train.compile=true", f"train.compile_mode={b.args.compile_mode}"])
     cfg.infer.batch_size = b.infer_bs
     fold = build_fold(cfg, b.data, 0)
-    compile_s = fold.compile_s  # run_epoch logs it once, then clears it
     pipe_fmt = "channels_last" if fold.rt.channels_last else "contiguous"
-    raw = dict(train_raw, train=copy.copy(train_raw["train"]))
-    raw["train"].__init__()
+    raw = dict(train_raw, train=type(train_raw["train"])())  # a tally of its own
     if fmt == pipe_fmt:
         raw.update(model=fold.model, opt=fold.optimizer, rt=fold.rt)
     pipe, _, _, alone = train_epochs(b, raw, fmt, fold=fold, epochs=2, label="compiled")
-    return {"rate": pipe.rate, "raw": raw["train"].rate, "compile_s": compile_s, "alone": alone}
+    return {"rate": pipe.rate, "raw": raw["train"].rate, "compile_s": fold.compile_s, "alone": alone}
 
 
 def backend_inference(b, infer_raw: dict, infer_rounds) -> dict:
@@ -76,8 +74,7 @@ def backend_inference(b, infer_raw: dict, infer_rounds) -> dict:
             continue
         ready = time.perf_counter() - start
         diff = float(np.abs(predict(runner, b.fold.val_loader, rt, tta=tta, desc=backend) - eager).max())
-        raw = dict(infer_raw, infer=copy.copy(infer_raw["infer"]))
-        raw["infer"].__init__()
+        raw = dict(infer_raw, infer=type(infer_raw["infer"])())
         tally, ratios = infer_rounds(b, raw, model=runner, rounds=b.args.backend_rounds)
         out[backend] = {"rate": tally.rate, "ratio": statistics.median(ratios), "ready_s": ready, "max_diff": diff}
         print(f"{backend}: TTA x{tta} {tally.rate:.1f} views/s, {statistics.median(ratios):.3f}x the eager raw "

@@ -14,19 +14,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.engine import forward, make_runtime, place, tune_process  # noqa: E402
-from pipeline.mixup import mixup_loss  # noqa: E402
+from pipeline.cli import tune_process  # noqa: E402
+from pipeline.engine import make_runtime, place  # noqa: E402
 from pipeline.model import build_model  # noqa: E402
 from pipeline.trainer import build_optimizer  # noqa: E402
+from throughput import raw_train_step  # noqa: E402
 
 N_META = 8
 
@@ -50,17 +51,12 @@ class Step:
             self.compile_s = self.run()  # the first step compiles
 
     def run(self) -> float:
+        """throughput.py's raw step, on this setting's threads and denormal mode."""
         before = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
         torch.set_flush_denormal(self.flush)
-        self.model.train()
-        start = time.perf_counter()
-        loss = mixup_loss(forward(self.net, self.x, self.meta, self.rt), self.y, self.y, 1.0)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        seconds = time.perf_counter() - start
+        seconds = raw_train_step(dict(model=self.net, opt=self.opt, x=self.x, rt=self.rt), self.meta, self.y)
         torch.set_num_threads(before)
         torch.set_flush_denormal(False)
         return seconds
@@ -73,8 +69,8 @@ def main(argv=None):
     p.add_argument("--modes", nargs="*", default=["default"], help="torch.compile modes to try at batch 32")
     p.add_argument("--steps", type=int, default=10, help="timed steps per setting (after 2 warm-up steps)")
     args = p.parse_args(argv)
-    tune_process()
     cfg = load_config(None, [f"model.image_size={args.image_size}"])
+    tune_process(cfg)  # train.py's process switches
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, {args.image_size} px, {cfg.model.backbone}", flush=True)
     ref = Step(cfg, 32)

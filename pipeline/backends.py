@@ -32,7 +32,8 @@ from .errors import ConfigError
 def use_cache(cache_dir: str) -> None:
     """Inductor's on-disk cache under the image cache folder (``data.cache_dir``), so that a compiled
     graph is reused by the next fold and the next run: its default, /tmp/torchinductor_<user>, is
-    wiped with /tmp and shared by every project."""
+    wiped with /tmp and shared by every project. Set once per process by the entry points
+    (cli.tune_process)."""
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir, "inductor").resolve())
 
 

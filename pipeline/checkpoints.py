@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .backends import for_inference, use_cache
+from .backends import for_inference
 from .engine import Runtime, make_runtime, place
 from .errors import CheckpointError
 from .io import load_checkpoint, remove_stale_temps, save_checkpoint
@@ -128,8 +128,6 @@ def predicting_model(cfg, n_meta: int, fold_dir: Path, diagnosis=None, device: t
     model.load_state_dict(load_checkpoint(fold_dir / "best.pt")["model"])
     t, i = cfg.train, cfg.infer
     rt = make_runtime(model, t.amp, t.cpu_bf16 or cpu_bf16, t.channels_last, device, progress=progress)
-    if i.backend == "compile":
-        use_cache(cfg.data.cache_dir)
     start = time.time()
     runner = for_inference(place(model, rt), rt, i.backend, i.compile_mode, i.batch_size, n_meta, cfg.model.image_size)
     if runner is not model:

@@ -58,9 +58,13 @@ def stoppable(main) -> int:
 
 
 def tune_process(cfg: C.Config | None = None) -> None:
-    """The process-wide switches of a command that trains or predicts."""
+    """The process-wide switches of a command that trains or predicts; with its config, inductor's
+    cache under ``data.cache_dir`` (train.compile, infer.backend=compile)."""
     from .engine import tune_process as tune
     tune()
+    if cfg is not None:
+        from .backends import use_cache
+        use_cache(cfg.data.cache_dir)
     if cfg is not None and cfg.train.deterministic:
         import torch
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -115,7 +119,7 @@ def infer_main(argv=None):
     flag = ["infer.allow_missing_folds=true"] if args.allow_missing_folds else []
     cfg = C.load_config(args.config, args.overrides + flag)
     from .infer import make_submission
-    tune_process()
+    tune_process(cfg)
     # data.* overrides also redirect the trained experiment's test set (its saved config holds the rest)
     make_submission(cfg, data_overrides=[o for o in args.overrides if o.strip().startswith("data.")])
 

@@ -78,7 +78,7 @@ class Fold:
     state: dict
     ema: ModelEmaV3 | None = None
     validating: torch.nn.Module | None = None  # what validates ``evaluated``: itself, or compiled
-    compile_s: float = 0.0                     # seconds train.compile took when the fold was built
+    compile_s: float = 0.0                     # seconds train.compile took when this process built the fold
 
     @property
     def evaluated(self) -> torch.nn.Module:
@@ -88,7 +88,6 @@ class Fold:
     def compile(self, cfg: C.Config, n_meta: int) -> None:
         """train.compile: the training step and validation compiled (``net``, ``validating``); the
         plain modules stay what is saved and loaded."""
-        B.use_cache(cfg.data.cache_dir)
         self.net, self.validating, self.compile_s = B.compiled_for_training(
             self.model, self.net, self.evaluated, self.rt, cfg.train.compile_mode, self.train_loader.batch_size,
             cfg.infer.batch_size, n_meta, cfg.model.image_size)
@@ -171,12 +170,10 @@ def run_epoch(cfg: C.Config, f: Fold, epoch: int, stop, dist: D.Dist = D.SINGLE)
     else:
         f.state["bad_epochs"] += 1
     f.state["epoch"] = epoch + 1
-    row = {"epoch": epoch + 1, "train_loss": round(loss, 6), "val_auc": round(auc, 6),
-           "lr": f.optimizer.param_groups[0]["lr"], "train_s": round(train_time, 2),
-           "val_s": round(time.time() - start - train_time, 2), "best": improved, "peak_rss_mb": peak_rss_mb()}
-    if t.compile:  # the compile time, on the first epoch the fold ran after it was built (or resumed)
-        row["compile_s"], f.compile_s = round(f.compile_s, 2), 0.0
-    return row
+    return {"epoch": epoch + 1, "train_loss": round(loss, 6), "val_auc": round(auc, 6),
+            "lr": f.optimizer.param_groups[0]["lr"], "train_s": round(train_time, 2),
+            "val_s": round(time.time() - start - train_time, 2), "best": improved,
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def finish_fold(cfg: C.Config, data: TrainData, f: Fold, dist: D.Dist = D.SINGLE) -> pd.DataFrame:
@@ -207,12 +204,15 @@ def run_fold(cfg: C.Config, data: TrainData, fold: int, stop, dist: D.Dist = D.S
         K.repair_best(f)
     log_path = f.dir / "log.csv"
     log = pd.read_csv(log_path).iloc[:f.state["epoch"]] if log_path.exists() and f.state["epoch"] else pd.DataFrame()
-    for epoch in range(f.state["epoch"], t.epochs):
+    first = f.state["epoch"]
+    for epoch in range(first, t.epochs):
         if f.state["bad_epochs"] >= t.patience:
             break
         if dist.any(stop()):  # Ctrl-C during validation or saving: stop before starting another epoch
             raise Interrupted(f"in fold {fold} after epoch {epoch} (saved)")
         row = run_epoch(cfg, f, epoch, stop, dist)
+        if t.compile:  # the compile time, on the first epoch this process ran of the fold
+            row["compile_s"] = round(f.compile_s, 2) if epoch == first else 0.0
         if dist.main:
             log = pd.concat([log, pd.DataFrame([row])], ignore_index=True)
             write_csv(log_path, log)
