@@ -116,7 +116,7 @@ def re_predict(exp: Path, views_text: str) -> None:
     exp = exp.resolve() if exp.name in ("", ".", "..") else exp
     cfg = open_experiment(exp)
     outs = outputs(exp, views)
-    tune_process()
+    tune_process(cfg)
     data = prepare(cfg)
     check_same_data(exp, cfg, data)
     tables, seconds = predict_views(cfg, data, exp, views)
