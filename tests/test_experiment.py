@@ -148,6 +148,22 @@ def test_force_on_changed_data_deletes_the_experiment_and_trains_again(copy, cap
     assert read_record(exp / "data.csv").set_index("image_name")["age_approx"].str.startswith("7").any()
 
 
+def test_a_deleted_data_record_is_refused_and_force_trains_again(copy, capsys):
+    """Without data.csv the folds' data cannot be checked: refused, not silently recorded afresh."""
+    data, work = copy
+    exp = work / "oof" / "tiny"
+    (exp / "data.csv").unlink()
+    before = snapshot(exp)
+    line = one_error_line(run_cli(TRAIN, *args(data, work), cwd=work, check=False))
+    assert line == (f"error: {exp}: data.csv (the record of the data its folds were trained on) is missing, so this "
+                    f"run's data cannot be checked against its folds; use a new name (name=...) or --force to delete "
+                    f"its results and train again")
+    assert snapshot(exp) == before
+    T.train(C.load_config(None, args(data, work, **{"train.folds": "[0]"})), force=True)
+    assert "--force: deleting" in capsys.readouterr().err
+    assert (exp / "data.csv").is_file() and not (exp / "fold1").exists()
+
+
 def test_folds_edited_between_runs_of_different_folds_are_refused(tiny_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("*_folds*.csv"))
