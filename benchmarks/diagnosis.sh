@@ -7,8 +7,10 @@
 #     RUNS="aux1" bash benchmarks/diagnosis.sh     # one of them
 #     FOLDS=0,1 RUNS="bin aux1" bash benchmarks/diagnosis.sh   # some folds only (infer.py with those)
 #     SEED=7 RUNS="bin aux1" bash benchmarks/diagnosis.sh      # a second seed: runs bin_s7, aux1_s7
-#     .venv/bin/python benchmarks/predict_modes.py oof/diag/aux1   # its OOF from each head (no training)
-#     .venv/bin/python benchmarks/diagnosis_table.py               # the table (pipeline.cv's intervals)
+#     OMP_NUM_THREADS=1 RUNS=aux1 bash benchmarks/diagnosis.sh & OMP_NUM_THREADS=1 RUNS=aux05 bash benchmarks/diagnosis.sh
+#                                                  # two runs side by side, a core each (1.2x the throughput of 2 cores for one)
+#     .venv/bin/python benchmarks/diagnosis_table.py               # the table (pipeline.cv's intervals); saves the
+#                                                  # runs' predictions to benchmarks/diagnosis_preds/ (committed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
