@@ -275,3 +275,14 @@ def test_tta_views_on_other_data_than_the_experiment_was_trained_on_is_refused(t
     err = capsys.readouterr().err
     assert f"error: {copy} was trained on other data: column 'age_approx' changed in 1 row(s): {table['image_name'][0]}" in err
     assert not (copy.parent / "tiny_tta1").exists()
+
+
+def test_tta_views_on_an_experiment_without_its_data_record_is_refused(trained, capsys):
+    copy = trained.work / "unrecorded" / "tiny"
+    shutil.copytree(trained.exp, copy)
+    (copy / "data.csv").unlink()
+    capsys.readouterr()
+    assert tta_views.main([str(copy), "--views", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {copy}: data.csv (the record of the data its folds were trained on) is missing; a re-prediction" in err
+    assert not (copy.parent / "tiny_tta1").exists()
