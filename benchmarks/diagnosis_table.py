@@ -7,9 +7,11 @@ For every run with the diagnosis head, one TTA pass of its folds' best.pt reads 
 all three ways (``model.predict``: the binary head, the melanoma class of the diagnosis head, their
 mean) into oof/diag/modes/<run>_<mode>/oof.csv: the same weights, only the read-out differs (the
 best epoch was chosen by the run's own ``model.predict``; that read-out must equal the run's own
-oof.csv, and the largest difference is printed). Then ``python -m pipeline cv`` compares everything
-with the first run as the baseline (bootstrap intervals, paired differences), and each run's
-val-split AUC is scored once from its submission.csv.
+oof.csv, and the largest difference is printed). Then ``python -m pipeline cv`` compares each seed's
+runs with that seed's ``bin`` (bootstrap intervals, paired differences; oof/diag/compare for seed 42,
+oof/diag/compare_s7 for ``SEED=7`` runs named <run>_s7), an arm trained on several seeds is compared
+with ``bin`` over the seeds (the mean of the per-seed differences, on the same replicates), and each
+run's val-split AUC is scored once from its submission.csv.
 
 Runs outlive the machine: every OOF table and submission read here is saved, without its labels,
 to benchmarks/diagnosis_preds/<name>.csv and <name>_val.csv (committed). A run whose folder is gone
@@ -19,6 +21,7 @@ so a later session can add a seed and compare it with these runs without trainin
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -27,17 +30,16 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
 from pipeline import config as C  # noqa: E402
 from pipeline import oof  # noqa: E402
 from pipeline.checkpoints import predicting_model  # noqa: E402
 from pipeline.cli import tune_process  # noqa: E402
-from pipeline.cv import compare  # noqa: E402
+from pipeline.cv import analyse, compare  # noqa: E402
 from pipeline.engine import predict  # noqa: E402
 from pipeline.experiment import saved_config, val_predictions_path  # noqa: E402
 from pipeline.prepare import aux_head, eval_loader, oof_rows, prepare  # noqa: E402
-from pipeline.stats import auc  # noqa: E402
+from pipeline.stats import auc, bootstrap_auc, draw_groups, group_codes, paired_difference  # noqa: E402
 
 OUT = ROOT / "oof" / "diag"
 SAVED = ROOT / "benchmarks" / "diagnosis_preds"
@@ -45,14 +47,10 @@ METADATA = ROOT.parent / "shared" / "data" / "isic2017" / "metadata.csv"
 ID, TARGET = "image_id", "melanoma"
 
 
-def every_readout(model, melanoma: int):
-    """``model.probability`` giving the three read-outs of C.PREDICT side by side, (N, 3): their TTA
-    average is each read-out's own (the mean of two averages is the average of the means)."""
-    def probability(logits: torch.Tensor) -> torch.Tensor:
-        binary = torch.sigmoid(logits[:, 0])
-        diagnosis = torch.softmax(logits[:, 1:], dim=1)[:, melanoma]
-        return torch.stack([binary, diagnosis, (binary + diagnosis) / 2], dim=1)
-    model.probability = probability
+def every_readout(model):
+    """The model scoring every read-out side by side (its ``readouts``): their TTA average is each
+    read-out's own (the mean of two averages is the average of the means)."""
+    model.probability = model.readouts
     return model
 
 
@@ -70,7 +68,7 @@ def readouts(exp: Path) -> list[Path]:
     for k in [k for k in range(cfg.folds.n_folds) if val_predictions_path(exp / f"fold{k}").is_file()]:
         idx = np.flatnonzero(data.df["fold"].to_numpy() == k)
         model, rt = predicting_model(cfg, data.meta.shape[1], exp / f"fold{k}", data.diagnosis)
-        pred = predict(every_readout(model, data.diagnosis.melanoma_index), eval_loader(cfg, data, idx), rt,
+        pred = predict(every_readout(model), eval_loader(cfg, data, idx), rt,
                        cfg.infer.tta, f"{exp.name} fold {k}, every read-out")
         for j, m in enumerate(C.PREDICT):
             parts[m].append(oof_rows(cfg, data, idx, pred[:, j]))
@@ -117,26 +115,54 @@ def val_auc(exp: Path) -> str:
     return f"{auc(meta.loc[s[ID], TARGET].to_numpy(), s[TARGET].to_numpy()):.4f}"
 
 
+def arm_and_seed(name: str) -> tuple[str, str]:
+    """'aux05_s7' -> ('aux05', '_s7'); a name without a seed suffix is seed 42's: ('aux05', '')."""
+    m = re.fullmatch(r"(.+?)(_s\d+)?", name)
+    return m[1], m[2] or ""
+
+
+def over_seeds(base: list[Path], arm: list[Path], n_boot: int = 1000) -> str:
+    """The arm minus the baseline, averaged over seeds (``base[i]`` and ``arm[i]`` share a seed): the
+    difference, its 95% interval and share <= 0 from the same replicates of all four runs."""
+    frame = analyse([*base, *arm]).frame
+    target, n = frame["target"].to_numpy(), len(base)
+    preds = np.column_stack([frame[f"pred:{k}"].to_numpy() for k in range(2 * n)])
+    codes = group_codes(frame["group"] if frame.attrs.get("group_col") else None, len(frame))
+    boot = bootstrap_auc(preds, target, codes, draw_groups(codes.max() + 1, n_boot, np.random.default_rng(0)))
+    pooled = np.array([auc(target, preds[:, k]) for k in range(2 * n)])
+    diff, lo, hi, p = paired_difference(boot[:, n:].mean(1), boot[:, :n].mean(1), pooled[n:].mean(), pooled[:n].mean())
+    return (f"{arm_and_seed(arm[0].name)[0]} - bin over {n} seeds: pooled OOF AUC {pooled[n:].mean():.4f} vs "
+            f"{pooled[:n].mean():.4f}, difference {diff:+.4f} (95% {lo:+.4f} to {hi:+.4f}, share <= 0: {p:.3f})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", nargs="+", default=["bin", "aux05", "aux1", "aux2"])
     args = p.parse_args()
     tune_process()
-    runs, extra = [], []
+    runs, modes = {}, {}
     for r in args.runs:
         if (OUT / r / "oof.csv").is_file():
-            modes = readouts(OUT / r)
-            for d in [OUT / r, *modes]:
+            modes[r] = readouts(OUT / r)
+            for d in [OUT / r, *modes[r]]:
                 save(d)
-            runs.append(OUT / r)
-            extra += modes
+            runs[r] = OUT / r
         elif (found := restore(r)) is not None:
-            runs.append(found)
-            extra += [d for m in C.PREDICT if (d := restore(f"{r}_{m}")) is not None]
+            runs[r] = found
+            modes[r] = [d for m in C.PREDICT if (d := restore(f"{r}_{m}")) is not None]
         else:
             print(f"{r}: neither trained in {OUT / r} nor saved in {SAVED}: left out")
-    compare([*runs, *extra], baseline=str(runs[0]), plot=False, out=OUT / "compare")
-    print("\nval split (150 images, scored once): " + ", ".join(f"{r.name} {val_auc(r)}" for r in runs))
+    seeds = sorted({arm_and_seed(r)[1] for r in runs}, key=len)
+    for seed in seeds:
+        mine = sorted((r for r in runs if arm_and_seed(r)[1] == seed), key=lambda r: arm_and_seed(r)[0] != "bin")
+        print(f"\n== seed {seed[2:] or 42}: {', '.join(mine)} ==")
+        compare([runs[r] for r in mine] + [d for r in mine for d in modes[r]], baseline=str(runs[mine[0]]),
+                plot=False, out=OUT / f"compare{seed}")
+    for arm in dict.fromkeys(arm_and_seed(r)[0] for r in runs):
+        both = [s for s in seeds if f"bin{s}" in runs and f"{arm}{s}" in runs]
+        if arm != "bin" and len(both) > 1:
+            print(over_seeds([runs[f"bin{s}"] for s in both], [runs[f"{arm}{s}"] for s in both]))
+    print("\nval split (150 images, scored once): " + ", ".join(f"{r} {val_auc(d)}" for r, d in runs.items()))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from pipeline.errors import ExperimentError  # noqa: E402
 from pipeline.experiment import saved_config  # noqa: E402
 from pipeline.io import write_json  # noqa: E402
 from pipeline.prepare import aux_head, eval_loader, oof_rows, prepare  # noqa: E402
-from pipeline.record import NO_RECORD, data_changes, training_record  # noqa: E402
+from pipeline.record import data_changes, missing_record, training_record  # noqa: E402
 from pipeline.stats import auc  # noqa: E402
 
 VIEWS = 8  # engine.tta_views: the flips and transposes of a square image
@@ -82,9 +82,10 @@ def outputs(exp: Path, views: list[int]) -> dict[int, Path]:
 
 
 def check_same_data(exp: Path, cfg: C.Config, data) -> None:
-    changes = data_changes(exp, training_record(data.df, cfg, data.digests), data.fitted())
-    if changes:
-        what = f": {NO_RECORD}" if changes == [NO_RECORD] else f" was trained on other data: {'; '.join(changes[:4])}"
+    missing = missing_record(exp)
+    changes = [] if missing else data_changes(exp, training_record(data.df, cfg, data.digests), data.fitted())
+    if missing or changes:
+        what = f": {missing}" if missing else f" was trained on other data: {'; '.join(changes[:4])}"
         raise ExperimentError(f"{exp}{what}; a re-prediction must "
                               f"see the rows and images it was trained on: restore them (data.root in its config.yaml)")
 

@@ -40,7 +40,7 @@ from . import oof as oof_table
 from .errors import ExperimentError
 from .io import write_csv, write_json, write_text
 from .lock import Lock
-from .record import changed_data_error, data_changes, training_record
+from .record import RETRAIN, changed_data_error, data_changes, missing_record, training_record
 from .tables import few
 
 # Keys that change where or how a run is executed, not its results: they may differ on resume.
@@ -142,8 +142,7 @@ def check_config(cfg: C.Config, force: bool) -> list[str]:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:4])
         more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
         tta = " (infer.tta is the TTA of its OOF predictions; infer.py may use another)" if "infer.tta" in diff else ""
-        raise ExperimentError(f"{saved_path} holds a different experiment ({shown}{more}){tta}; use a new name "
-                              f"(name=...) or --force to delete its results and train again")
+        raise ExperimentError(f"{saved_path} holds a different experiment ({shown}{more}){tta}; {RETRAIN}")
     return diff
 
 
@@ -310,8 +309,12 @@ class Run:
         features = data.fitted()
         with experiment_lock(exp).acquire_wait():
             changed = check_config(cfg, force)  # again: another process may have started it meanwhile
+            missing = missing_record(exp)
+            if missing and not force:
+                raise ExperimentError(f"{exp}: {missing}, so this run's data cannot be checked against its folds; "
+                                      f"{RETRAIN}")
             changes = [f"config: {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}"] if changed else []
-            changes = changes or data_changes(exp, self.record, features)
+            changes = changes or ([missing] if missing else []) or data_changes(exp, self.record, features)
             if changes and not force:
                 raise changed_data_error(exp, changes)
             if changes:

@@ -11,6 +11,7 @@ import timm
 import torch
 from torch import nn
 
+from .config import PREDICT
 from .errors import ConfigError
 from .io import load_checkpoint
 from .tables import few
@@ -155,14 +156,18 @@ class ImageMetaNet(nn.Module):
         with torch.no_grad():
             self.head.bias.copy_(torch.tensor(bias))
 
-    def probability(self, logits: torch.Tensor) -> torch.Tensor:
-        """The scored prediction per image (model.predict): the binary head's probability, the
-        melanoma class's probability from the diagnosis head, or their mean."""
+    def readouts(self, logits: torch.Tensor) -> torch.Tensor:
+        """Every read-out of config.PREDICT side by side, (N, 3): the binary head's probability, the
+        melanoma class's probability from the diagnosis head, and their mean."""
         binary = torch.sigmoid(logits[:, 0])
-        if self.predict == "binary":
-            return binary
         diagnosis = torch.softmax(logits[:, 1:], dim=1)[:, self.melanoma_index]
-        return diagnosis if self.predict == "diagnosis" else (binary + diagnosis) / 2
+        return torch.stack([binary, diagnosis, (binary + diagnosis) / 2], dim=1)
+
+    def probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """The scored prediction per image: the read-out that model.predict names."""
+        if self.predict == "binary":
+            return torch.sigmoid(logits[:, 0])  # the one read-out without a diagnosis head
+        return self.readouts(logits)[:, PREDICT.index(self.predict)]
 
     def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
         x = self.backbone(image)

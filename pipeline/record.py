@@ -76,18 +76,21 @@ def _same(a, b) -> bool:
     return a == b
 
 
-NO_RECORD = "data.csv (the record of the data its folds were trained on) is missing"
+def missing_record(exp: Path) -> str:
+    """Why the data of ``exp``'s trained folds cannot be checked ('' when it can, or nothing is trained)."""
+    trained = any(exp.glob("fold*/*.pt")) or any(exp.glob("fold*/val_predictions.csv"))
+    if trained and not (exp / "data.csv").is_file():
+        return "data.csv (the record of the data its folds were trained on) is missing"
+    return ""
 
 
 def data_changes(exp: Path, record: pd.DataFrame, features: dict) -> list[str]:
     """How the data of this run differs from what ``exp`` was trained on ([] when the same, or when
-    nothing was recorded yet). The fitted features follow from the record, except with
-    features.fit_on=train+test, where the test table counts too."""
+    nothing was recorded yet: see ``missing_record``). The fitted features follow from the record,
+    except with features.fit_on=train+test, where the test table counts too."""
     out = []
     if (exp / "data.csv").is_file():
         out += record_changes(read_record(exp / "data.csv"), record)
-    elif any(exp.glob("fold*/*.pt")) or any(exp.glob("fold*/val_predictions.csv")):
-        out.append(NO_RECORD)
     saved = exp / "features.json"
     if not out and saved.is_file() and not _same(json.loads(saved.read_text()), json.loads(json.dumps(features))):
         out.append("the fitted meta-feature transform differs (with features.fit_on=train+test: the test table "
@@ -95,10 +98,9 @@ def data_changes(exp: Path, record: pd.DataFrame, features: dict) -> list[str]:
     return out
 
 
+RETRAIN = "use a new name (name=...) or --force to delete its results and train again"
+
+
 def changed_data_error(exp: Path, changes: list[str]) -> ExperimentError:
-    if changes == [NO_RECORD]:
-        return ExperimentError(f"{exp}: {NO_RECORD}, so this run's data cannot be checked against its folds; use a "
-                               f"new name (name=...) or --force to delete its results and train again")
     return ExperimentError(f"{exp} was trained on other data: {'; '.join(changes[:4])}"
-                           f"{f'; and {len(changes) - 4} more' if len(changes) > 4 else ''}; use a new name "
-                           f"(name=...) or --force to delete its results and train again")
+                           f"{f'; and {len(changes) - 4} more' if len(changes) > 4 else ''}; {RETRAIN}")

@@ -57,6 +57,19 @@ def test_the_head_bias_starts_at_the_base_rate_and_the_class_priors(tiny_cfg):
     np.testing.assert_allclose(model.probability(logits).numpy(), 0.2, atol=1e-6)
 
 
+@pytest.mark.parametrize("predict", C.PREDICT)
+def test_model_predict_scores_its_own_read_out(tiny_cfg, predict):
+    """readouts: binary head, the melanoma class (here the 2nd class) of the diagnosis head, their mean,
+    in C.PREDICT's order; probability is the one model.predict names."""
+    diag = Diagnosis("diagnosis", ["nevus", "melanoma", "seborrheic keratosis"], [], "melanoma")
+    model = build_model(tiny_cfg(**{"model.pretrained": "none", **AUX, "model.predict": predict}), 7, diag)
+    logits = torch.tensor([[2.0, 0.5, 1.0, -1.0], [-1.0, 0.0, 2.0, 0.0]])
+    binary, melanoma = torch.sigmoid(logits[:, 0]), torch.softmax(logits[:, 1:], 1)[:, 1]
+    expected = {"binary": binary, "diagnosis": melanoma, "mean": (binary + melanoma) / 2}
+    torch.testing.assert_close(model.readouts(logits), torch.stack([expected[m] for m in C.PREDICT], 1))
+    torch.testing.assert_close(model.probability(logits), expected[predict])
+
+
 def test_mixup_mixes_the_class_targets_with_the_same_lambda_and_permutation():
     rng = np.random.default_rng(3)
     x, meta = torch.randn(6, 3, 4, 4), torch.randn(6, 2)
