@@ -5,6 +5,7 @@
 # reference (benchmarks/cpu_hour_search.sh must have run first). The budget: train + infer <= 60 min.
 #
 #     bash benchmarks/cpu_hour_final.sh
+#     EXTRA="train.aux_weight=0 model.predict=binary" bash benchmarks/cpu_hour_final.sh   # the recipe before issue 18
 #     NAME=ov_p5 EXTRA="infer.backend=openvino train.patience=5" BASELINE=oof/diag/bin bash benchmarks/cpu_hour_final.sh
 #
 # EXTRA: overrides on top of the recipe; BASELINE: the experiment compared against (same rows and folds).

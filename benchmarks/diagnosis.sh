@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=oof/diag
 declare -A SETS=(
-  [bin]=""
+  [bin]="train.aux_weight=0 model.predict=binary"   # the recipe before issue 18 adopted the head
   [aux1]="train.aux_weight=1 model.predict=mean"
   [aux05]="train.aux_weight=0.5 model.predict=mean"
   [aux2]="train.aux_weight=2 model.predict=mean"

@@ -88,8 +88,9 @@ class ModelConfig:
     dropout_samples: int = opt(4, "multi-sample dropout: head evaluated this many times, averaged")
     drop_path_rate: float = opt(0.1, "stochastic depth of the backbone")
     predict: str = opt("binary", "what the model predicts (validation, OOF, submission): binary (the binary "
-                                 "head), diagnosis (the melanoma class's probability from the diagnosis head) "
-                                 "or mean (of the two); the last two need the diagnosis head")
+                                 "head), diagnosis (the melanoma class's probability from the diagnosis head; "
+                                 "needs the head) or mean (of the heads the model has: without the diagnosis "
+                                 "head, the binary one)")
 
 
 @dataclass
@@ -108,8 +109,9 @@ class TrainConfig:
     mixup_alpha: float = opt(0.4, "mixup lambda ~ Beta(alpha, alpha)")
     bias_init: bool = opt(True, "initialise the head bias to the fold's log-odds (and the diagnosis head's to "
                                 "the log of each class's share)")
-    aux_weight: float = opt(0.0, "weight of the diagnosis head's cross-entropy beside the binary BCE; > 0 (with "
-                                 "data.diagnosis_col) adds the head")
+    aux_weight: float = opt(0.0, "weight of the diagnosis head's cross-entropy beside the binary BCE; > 0 adds "
+                                 "the head where data.diagnosis_col names a column (without one the model "
+                                 "stays binary)")
     ema: bool = opt(False, "validate, checkpoint and predict with an exponential moving average of the weights "
                            "(timm ModelEmaV3)")
     ema_decay: float = opt(0.998, "EMA decay per optimizer step (timm's warmup: the first steps average fewer)")
@@ -180,10 +182,9 @@ class Config:
              "model.meta_dropout, model.head_dropout and model.drop_path_rate must be in [0, 1)"),
             (m.dropout_samples >= 1, "model.dropout_samples must be >= 1"),
             (m.predict in PREDICT, f"model.predict must be one of {', '.join(PREDICT)}, got {m.predict!r}"),
-            (m.predict == "binary" or (d.diagnosis_col and t.aux_weight > 0),
-             f"model.predict={m.predict} needs the diagnosis head: set data.diagnosis_col and train.aux_weight > 0"),
-            (t.aux_weight >= 0 and (t.aux_weight == 0 or d.diagnosis_col),
-             "train.aux_weight must be >= 0, and > 0 only with data.diagnosis_col"),
+            (m.predict != "diagnosis" or (d.diagnosis_col and t.aux_weight > 0),
+             "model.predict=diagnosis needs the diagnosis head: set data.diagnosis_col and train.aux_weight > 0"),
+            (t.aux_weight >= 0, f"train.aux_weight must be >= 0, got {t.aux_weight}"),
             (d.diagnosis_min_rows >= 1 and 0.0 <= d.max_contradictions <= 1.0,
              "data.diagnosis_min_rows must be >= 1 and data.max_contradictions in [0, 1]"),
             (t.epochs >= 1, "train.epochs must be >= 1"),

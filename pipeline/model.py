@@ -128,9 +128,12 @@ class ImageMetaNet(nn.Module):
                  drop_path_rate: float = 0.0, n_classes: int = 0, predict: str = "binary",
                  melanoma_index: int | None = None):
         super().__init__()
+        # mean: of the heads there are (the recipe's read-out stays binary on a layout without diagnoses)
+        predict = "binary" if predict == "mean" and n_classes == 0 else predict
         if predict != "binary" and (n_classes == 0 or melanoma_index is None):
             raise ConfigError(f"model.predict={predict} needs a diagnosis head with the melanoma class")
-        self.predict, self.melanoma_index = predict, melanoma_index
+        self.predict = predict
+        self.melanoma_index = melanoma_index
         self.backbone = create_backbone(backbone, pretrained, drop_path_rate)
         width = self.backbone.num_features
         self.meta = None

@@ -277,6 +277,8 @@ def train(cfg: C.Config, force: bool = False, dist: D.Dist = D.SINGLE) -> pd.Dat
     print(f"global batch {t.batch_size} = {dist.world} process(es) x {t.accumulate} accumulation step(s) x "
           f"{t.batch_size // (dist.world * t.accumulate)} rows; lr {t.lr:g} for the global batch, whatever the "
           f"number of processes")
+    if t.aux_weight > 0 and not cfg.data.diagnosis_col:
+        print(f"train.aux_weight={t.aux_weight:g} adds no diagnosis head: data.diagnosis_col is not set (binary model)")
     stop, oof = StopFlag(), pd.DataFrame()
     try:
         with stop.installed():

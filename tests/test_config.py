@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from pipeline.config import Config, ConfigError, load_config
+from pipeline.io import load_checkpoint
 
 from conftest import ROOT, run_cli
 
@@ -111,16 +112,25 @@ def test_cpu_hour_recipe_holds_only_training_sections_and_wins_over_every_layout
                 assert getattr(getattr(combined, section), key) == value, (layout.name, section, key)
 
 
-def test_cpu_hour_recipe_trains_on_a_data_layout_from_the_command_line(tiny_data, tmp_path):
-    """The recipe on top of a layout file, as the README shows it; only size and length shrunk here."""
+@pytest.mark.parametrize("diagnosis_col", ["", "diagnosis"])
+def test_cpu_hour_recipe_trains_on_a_data_layout_from_the_command_line(tiny_data, tmp_path, diagnosis_col):
+    """The recipe on top of a layout file, as the README shows it; only size and length shrunk here.
+    Its diagnosis head (aux_weight, predict mean) is there where the layout names the column, and a
+    layout without one trains the binary model."""
     layout = tmp_path / "layout.yaml"
     layout.write_text(yaml.safe_dump({"name": "layout", "data": {"root": str(tiny_data), "generate_sample": False,
-                                                                 "cache_dir": str(tmp_path / "cache")},
+                                                                 "cache_dir": str(tmp_path / "cache"),
+                                                                 "diagnosis_col": diagnosis_col},
                                       "folds": {"n_folds": 3}, "train": {"lr": 0.123, "epochs": 9}}))
-    run_cli(str(ROOT / "train.py"), "--config", str(layout), "--config", str(RECIPE), "--folds", "0",
-            "model.image_size=32", "train.epochs=1", "infer.tta=1", f"output_dir={tmp_path / 'oof'}", cwd=tmp_path)
+    proc = run_cli(str(ROOT / "train.py"), "--config", str(layout), "--config", str(RECIPE), "--folds", "0",
+                   "model.image_size=32", "train.epochs=1", "infer.tta=1", f"output_dir={tmp_path / 'oof'}",
+                   cwd=tmp_path)
     saved = yaml.safe_load((tmp_path / "oof" / "layout" / "config.yaml").read_text())
     recipe = yaml.safe_load(RECIPE.read_text())
     assert saved["data"]["root"] == str(tiny_data) and saved["folds"]["n_folds"] == 3
     assert saved["train"]["lr"] == recipe["train"]["lr"] != 0.123  # the recipe's, not the layout's
+    assert recipe["train"]["aux_weight"] > 0 and recipe["model"]["predict"] == "mean"
     assert (tmp_path / "oof" / "layout" / "fold0" / "val_predictions.csv").is_file()
+    head = load_checkpoint(tmp_path / "oof" / "layout" / "fold0" / "best.pt")["model"]["head.weight"]
+    assert head.shape[0] == (4 if diagnosis_col else 1)  # binary + melanoma, nevus, seborrheic keratosis
+    assert ("adds no diagnosis head" in proc.stdout) == (not diagnosis_col), proc.stdout

@@ -17,7 +17,7 @@ from pipeline.diagnosis import OTHER, Diagnosis, clean
 from pipeline.errors import DataError, ExperimentError
 from pipeline.io import load_checkpoint
 from pipeline.mixup import head_loss, mixup, mixup_loss
-from pipeline.model import build_model
+from pipeline.model import ImageMetaNet, build_model
 from pipeline.prepare import prepare
 from pipeline.tables import diagnosis_from_onehot
 
@@ -197,8 +197,21 @@ def test_a_changed_diagnosis_is_a_changed_experiment(tiny_data, tmp_path):
 def test_predicting_from_the_class_head_needs_the_head():
     with pytest.raises(C.ConfigError, match="model.predict=diagnosis needs the diagnosis head"):
         C.load_config(None, ["model.predict=diagnosis", "data.diagnosis_col=diagnosis"])
-    with pytest.raises(C.ConfigError, match="train.aux_weight must be >= 0, and > 0 only with data.diagnosis_col"):
-        C.load_config(None, ["train.aux_weight=1"])
+    with pytest.raises(C.ConfigError, match="model.predict=diagnosis needs the diagnosis head"):
+        C.load_config(None, ["model.predict=diagnosis", "train.aux_weight=1"])
+    with pytest.raises(C.ConfigError, match="train.aux_weight must be >= 0, got -1"):
+        C.load_config(None, ["train.aux_weight=-1", "data.diagnosis_col=diagnosis"])
+    with pytest.raises(C.ConfigError, match="model.predict=diagnosis needs a diagnosis head with the melanoma class"):
+        ImageMetaNet("tf_efficientnet_lite0", 0, predict="diagnosis")
+
+
+def test_the_mean_read_out_without_a_diagnosis_head_is_the_binary_one():
+    """The recipe's aux_weight 0.5 and predict mean on a layout without the column: a binary model."""
+    C.load_config(None, ["train.aux_weight=0.5", "model.predict=mean"])  # no error
+    model = ImageMetaNet("tf_efficientnet_lite0", 0, predict="mean").eval()
+    logits = torch.tensor([[-2.0], [0.5]])
+    assert model.head.out_features == 1 and model.predict == "binary"
+    assert torch.equal(model.probability(logits), torch.sigmoid(logits[:, 0]))
 
 
 def test_an_external_diagnosis_column_is_renamed_to_the_2020_classes(tmp_path):
