@@ -132,8 +132,7 @@ class ImageMetaNet(nn.Module):
         predict = "binary" if predict == "mean" and n_classes == 0 else predict
         if predict != "binary" and (n_classes == 0 or melanoma_index is None):
             raise ConfigError(f"model.predict={predict} needs a diagnosis head with the melanoma class")
-        self.predict = predict
-        self.melanoma_index = melanoma_index
+        self.predict, self.melanoma_index = predict, melanoma_index
         self.backbone = create_backbone(backbone, pretrained, drop_path_rate)
         width = self.backbone.num_features
         self.meta = None
