@@ -31,15 +31,17 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline import config as C  # noqa: E402
-from pipeline import oof  # noqa: E402
-from pipeline.checkpoints import predicting_model  # noqa: E402
-from pipeline.cli import tune_process  # noqa: E402
-from pipeline.cv import analyse, compare  # noqa: E402
-from pipeline.engine import predict  # noqa: E402
-from pipeline.experiment import saved_config, val_predictions_path  # noqa: E402
-from pipeline.prepare import aux_head, eval_loader, oof_rows, prepare  # noqa: E402
-from pipeline.stats import auc, bootstrap_auc, draw_groups, group_codes, paired_difference  # noqa: E402
+from pipeline.core import config as C  # noqa: E402
+from pipeline.experiment import oof  # noqa: E402
+from pipeline.train.checkpoints import predicting_model  # noqa: E402
+from pipeline.train.process import tune_process  # noqa: E402
+from pipeline.report.cv import analyse, compare  # noqa: E402
+from pipeline.train.loop import predict  # noqa: E402
+from pipeline.experiment.record import saved_config
+from pipeline.experiment.oof import val_predictions_path  # noqa: E402
+from pipeline.data.prepare import aux_head, eval_loader, prepare
+from pipeline.experiment.oof import oof_rows  # noqa: E402
+from pipeline.report.stats import auc, bootstrap_auc, draw_groups, group_codes, paired_difference  # noqa: E402
 
 OUT = ROOT / "oof" / "diag"
 SAVED = ROOT / "benchmarks" / "diagnosis_preds"

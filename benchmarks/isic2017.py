@@ -27,10 +27,10 @@ from sklearn.metrics import roc_auc_score
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.cv import report  # noqa: E402
-from pipeline.prepare import prepare  # noqa: E402
-from pipeline.trainer import train  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
+from pipeline.report.cv import report  # noqa: E402
+from pipeline.data.prepare import prepare  # noqa: E402
+from pipeline.train.trainer import train  # noqa: E402
 
 VARIANTS = {
     "full": [],

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.backends import example, for_inference
-from pipeline.config import with_overrides
-from pipeline.engine import forward, predict
-from pipeline.trainer import build_fold
+from pipeline.model.backends import example, for_inference
+from pipeline.core.config import with_overrides
+from pipeline.model.runtime import forward
+from pipeline.train.loop import predict
+from pipeline.train.trainer import build_fold
 
 BACKENDS = ("torch", "compile", "onnxruntime", "openvino")
 

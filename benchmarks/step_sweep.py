@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.cli import tune_process  # noqa: E402
-from pipeline.engine import make_runtime, place  # noqa: E402
-from pipeline.model import build_model  # noqa: E402
-from pipeline.trainer import build_optimizer  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
+from pipeline.train.process import tune_process  # noqa: E402
+from pipeline.model.runtime import make_runtime, place  # noqa: E402
+from pipeline.model.net import build_model  # noqa: E402
+from pipeline.train.trainer import build_optimizer  # noqa: E402
 from throughput import raw_train_step  # noqa: E402
 
 N_META = 8

@@ -60,13 +60,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pipeline.cli import tune_process  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.data import build_cache  # noqa: E402
-from pipeline.engine import forward, one_thread, predict, to_input, tta_views  # noqa: E402
-from pipeline.mixup import mixup, mixup_loss  # noqa: E402
-from pipeline.prepare import TrainData  # noqa: E402
-from pipeline.trainer import build_fold, build_optimizer, run_epoch  # noqa: E402
+from pipeline.train.process import tune_process  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
+from pipeline.data.cache import build_cache  # noqa: E402
+from pipeline.model.runtime import forward, one_thread, to_input
+from pipeline.train.loop import predict, tta_views  # noqa: E402
+from pipeline.model.mixup import mixup, mixup_loss  # noqa: E402
+from pipeline.data.prepare import TrainData  # noqa: E402
+from pipeline.train.trainer import build_fold, build_optimizer, run_epoch  # noqa: E402
 
 import paths  # noqa: E402  (benchmarks/paths.py)
 
@@ -82,7 +83,7 @@ def source_images(source: str, n: int, tmp: Path) -> list[Path]:
         return paths[:n]
     # Synthetic dermoscopy-like 512 px JPEGs: a few distinct renders written under n names (decoding
     # cost is what matters, and rendering at 512 px is slow).
-    from pipeline.sample import render_image
+    from pipeline.data.sample import render_image
     rng = np.random.default_rng(0)
     renders = [render_image(rng, 512, rng.normal(), rng.random()) for _ in range(min(n, 24))]
     folder = tmp / "images"

@@ -7,7 +7,7 @@ becomes an OOF table that ``python -m pipeline cv`` compares with intervals; no 
 
 Each table goes beside the experiment, ``<experiment>_tta<views>/``: a re-prediction folder
 (``tta.json``, what it re-predicts, written first; then ``oof.csv``), new or an earlier re-prediction,
-never an experiment or another tool's folder (pipeline/folders.py): the experiment folder holds only
+never an experiment or another tool's folder (pipeline/core/folders.py): the experiment folder holds only
 what train.py writes. Every problem is refused before any prediction, in one line: view counts
 outside 1..8 (there are 8 views: a 9th would be averaged as if it existed), a folder that is not a
 trained experiment, an output folder of another kind, data that differs from what the experiment was
@@ -29,18 +29,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline import config as C  # noqa: E402
-from pipeline import folders  # noqa: E402
-from pipeline import oof as oof_table  # noqa: E402
-from pipeline.checkpoints import predicting_model  # noqa: E402
-from pipeline.cli import parse_ints, stoppable, tune_process  # noqa: E402
-from pipeline.engine import predict  # noqa: E402
-from pipeline.errors import ExperimentError  # noqa: E402
-from pipeline.experiment import saved_config  # noqa: E402
-from pipeline.io import write_json  # noqa: E402
-from pipeline.prepare import aux_head, eval_loader, oof_rows, prepare  # noqa: E402
-from pipeline.record import data_changes, missing_record, training_record  # noqa: E402
-from pipeline.stats import auc  # noqa: E402
+from pipeline.core import config as C  # noqa: E402
+from pipeline.core import disk, folders  # noqa: E402
+from pipeline.experiment import oof as oof_table  # noqa: E402
+from pipeline.train.checkpoints import predicting_model  # noqa: E402
+from pipeline.cli import parse_ints, stoppable  # noqa: E402
+from pipeline.train.process import tune_process  # noqa: E402
+from pipeline.train.loop import predict  # noqa: E402
+from pipeline.core.errors import ConfigError, ExperimentError  # noqa: E402
+from pipeline.experiment.record import saved_config  # noqa: E402
+from pipeline.core.files import write_json  # noqa: E402
+from pipeline.data.prepare import aux_head, eval_loader, prepare
+from pipeline.experiment.oof import oof_rows  # noqa: E402
+from pipeline.experiment.record import data_changes, missing_record, training_record  # noqa: E402
+from pipeline.report.stats import auc  # noqa: E402
 
 VIEWS = 8  # engine.tta_views: the flips and transposes of a square image
 
@@ -49,14 +51,14 @@ def parse_views(text: str) -> list[int]:
     views = parse_ints(text, "--views", "1,2,4,8")
     bad = [v for v in views if not 1 <= v <= VIEWS]
     if bad:
-        raise C.ConfigError(f"--views must be view counts in 1..{VIEWS} (the flips and transposes of an image), "
+        raise ConfigError(f"--views must be view counts in 1..{VIEWS} (the flips and transposes of an image), "
                             f"got {bad}")
     return views
 
 
 def open_experiment(exp: Path) -> C.Config:
     """The trained config of ``exp``, refused unless it is an experiment whose every fold has a best.pt."""
-    folders.check_names(exp)
+    disk.check_name_length(exp)
     if not exp.is_dir():
         raise ExperimentError(f"{exp}: no such folder")
     kind = folders.kind(exp)
@@ -75,9 +77,9 @@ def outputs(exp: Path, views: list[int]) -> dict[int, Path]:
     """``<experiment>_tta<v>`` for each view count, each a new folder or an earlier re-prediction."""
     outs = {v: exp.with_name(f"{exp.name}_tta{v}") for v in views}
     for out in outs.values():
-        folders.check_output(out, "re-prediction", "move that folder away (or re-predict a copy of the "
+        folders.check_output_folder(out, "re-prediction", "move that folder away (or re-predict a copy of the "
                                                    "experiment under another name)")
-        folders.check_writable(out, what=" the re-prediction")
+        disk.check_writable(out, what=" the re-prediction")
     return outs
 
 

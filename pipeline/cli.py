@@ -1,19 +1,20 @@
 """Command-line entry points: train.py, infer.py, ``python -m pipeline cv``, ``python -m pipeline blend``
 and ``python -m pipeline sample`` each call one function here. Options, then section.key=value
-overrides. Process-wide settings (malloc tuning, OpenCV threads, deterministic algorithms) are made
-here, before the work starts, never as a side effect of an import.
+overrides. Process-wide settings (``train.process.tune_process``) are made here, before the work
+starts, never as a side effect of an import.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import config as C
-from .errors import Interrupted, guarded
+from pipeline.core import disk
+from pipeline.core.config import from_dict, help_text, load_config, to_dict, with_overrides
+from pipeline.core.errors import ConfigError, Interrupted, first_few, guarded
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, epilog=C.help_text(),
+    p = argparse.ArgumentParser(description=description, epilog=help_text(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", action="append", help="YAML experiment file; repeat it to combine files, later "
                    "ones overriding earlier ones (default: the code defaults, i.e. the bundled sample)")
@@ -32,7 +33,7 @@ def parse_ints(text: str | None, option: str = "--folds", example: str = "0,2") 
     except ValueError:
         values = []
     if not values:
-        raise C.ConfigError(f"{option} expects comma-separated integers such as {example}, got {text!r}")
+        raise ConfigError(f"{option} expects comma-separated integers such as {example}, got {text!r}")
     return list(dict.fromkeys(values))
 
 
@@ -57,19 +58,6 @@ def stoppable(main) -> int:
                            "again for the rest")
 
 
-def tune_process(cfg: C.Config | None = None) -> None:
-    """The process-wide switches of a command that trains or predicts; with its config, inductor's
-    cache under ``data.cache_dir`` (train.compile, infer.backend=compile)."""
-    from .engine import tune_process as tune
-    tune()
-    if cfg is not None:
-        from .backends import use_cache
-        use_cache(cfg.data.cache_dir)
-    if cfg is not None and cfg.train.deterministic:
-        import torch
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
 def train_main(argv=None):
     p = parser("Train the folds of an experiment: OOF predictions, CV report (and, when all folds are "
                "done, nothing else to run but infer.py).")
@@ -80,12 +68,13 @@ def train_main(argv=None):
                                    "<name>_seed<k>, then compared (the seed-to-seed noise, measured)")
     args = p.parse_intermixed_args(argv)
     folds, seeds = parse_ints(args.folds), parse_ints(args.seeds, "--seeds", "1,2,3")
-    cfg = C.load_config(args.config, args.overrides + ([f"train.folds={folds}"] if folds is not None else []))
-    runs = [C.with_overrides(C.from_dict(C.to_dict(cfg)), [f"train.seed={s}", f"name={cfg.name}_seed{s}"])
+    cfg = load_config(args.config, args.overrides + ([f"train.folds={folds}"] if folds is not None else []))
+    runs = [with_overrides(from_dict(to_dict(cfg)), [f"train.seed={s}", f"name={cfg.name}_seed{s}"])
             for s in seeds] if seeds is not None else [cfg]
-    from . import distributed
-    from .cv import compare, report
-    from .trainer import train
+    from pipeline.report.cv import compare, report
+    from pipeline.train import distributed
+    from pipeline.train.process import tune_process
+    from pipeline.train.trainer import train
     if len(runs) > 1:
         check_runs(runs, args.force)
     tune_process(cfg)
@@ -104,8 +93,8 @@ def train_main(argv=None):
 def check_runs(runs: list, force: bool) -> None:
     """``--seeds``: every run's experiment folder (its name, kind and config) and the folder of their
     comparison are checked before the first run trains: a refusal after the others trained is too late."""
-    from .cv import comparison_folder
-    from .experiment import check_config
+    from pipeline.experiment.folder import check_config
+    from pipeline.report.cv import comparison_folder
     for r in runs:
         check_config(r, force)
     comparison_folder([r.exp_dir for r in runs])
@@ -117,8 +106,9 @@ def infer_main(argv=None):
                    "infer.allow_missing_folds=true")
     args = p.parse_intermixed_args(argv)
     flag = ["infer.allow_missing_folds=true"] if args.allow_missing_folds else []
-    cfg = C.load_config(args.config, args.overrides + flag)
-    from .infer import make_submission
+    cfg = load_config(args.config, args.overrides + flag)
+    from pipeline.train.infer import make_submission
+    from pipeline.train.process import tune_process
     tune_process(cfg)
     # data.* overrides also redirect the trained experiment's test set (its saved config holds the rest)
     make_submission(cfg, data_overrides=[o for o in args.overrides if o.strip().startswith("data.")])
@@ -148,7 +138,7 @@ def cv_main(argv=None) -> int:
         print(f"skipping {', '.join(outputs)}: the output folder of comparisons, not an experiment")
 
     def run():
-        from .cv import compare
+        from pipeline.report.cv import compare
         compare(exp_dirs, args.baseline, plot=not args.no_plot, n_boot=args.bootstrap, seed=args.seed, out=args.out)
 
     return stoppable(run)
@@ -156,7 +146,7 @@ def cv_main(argv=None) -> int:
 
 def blend_main(argv=None) -> int:
     """``python -m pipeline blend``: blend the OOF predictions and submissions of experiments."""
-    from .blend import METHODS, blend
+    from pipeline.report.blend import METHODS, blend
     p = argparse.ArgumentParser(description="Blend the OOF predictions and submissions of experiments.")
     p.add_argument("members", nargs="+", help="experiment folders, e.g. oof/a oof/b")
     p.add_argument("--name", required=True, help="the blend's folder name, e.g. ab_rank")
@@ -184,28 +174,27 @@ def sample_main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def main():
-        from . import folders
-        from .errors import ExperimentError
-        from .sample import ensure_sample
-        from .tables import few
+        from pipeline.core import folders
+        from pipeline.core.errors import ExperimentError
+        from pipeline.data.sample import ensure_sample
         for option, value, least in [("--seed", args.seed, 0), ("--n-train-patients", args.n_train_patients, 1),
                                      ("--n-test-patients", args.n_test_patients, 1), ("--image-size", args.image_size, 16)]:
             if value < least:
-                raise C.ConfigError(f"{option} must be >= {least}, got {value}")
-        out = folders.check_names(args.out_dir)
+                raise ConfigError(f"{option} must be >= {least}, got {value}")
+        out = disk.check_name_length(args.out_dir)
         advice = "the sample goes into a new or empty folder"
         if out.exists() and not out.is_dir():
             raise ExperimentError(f"{out}: exists and is not a folder; {advice}")
         if out.is_dir() and any(out.iterdir()):
-            raise ExperimentError(f"{out}: exists and is not empty (it holds {few(folders.listing(out))}); {advice}")
+            raise ExperimentError(f"{out}: exists and is not empty (it holds {first_few(folders.listing(out))}); {advice}")
         folders.check_not_inside(out, advice)
-        folders.check_writable(out)
+        disk.check_writable(out)
         start = time.perf_counter()
         try:
             ensure_sample(out, n_train_patients=args.n_train_patients, n_test_patients=args.n_test_patients,
                           image_size=args.image_size, seed=args.seed)
         except OSError as e:  # the disk filled up: one line (what was written is beside it, <out>.tmp)
-            raise folders.storage_error(out, e) or e from None
+            raise disk.storage_error(out, e) or e from None
         print(f"wrote synthetic sample to {out} in {time.perf_counter() - start:.1f} s")
 
     code = stoppable(main)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.sample import generate_sample
+from pipeline.core.config import load_config
+from pipeline.data.sample import generate_sample
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -36,7 +36,7 @@ def tiny_overrides(data_root: Path, work: Path, **extra) -> list[str]:
 
 def only(cfg, *folds):
     """``cfg`` training only ``folds`` (train.folds: what train.py --folds sets)."""
-    from pipeline.config import with_overrides
+    from pipeline.core.config import with_overrides
     return with_overrides(cfg, [f"train.folds={list(folds)}"])
 
 

@@ -4,12 +4,10 @@ mixup lambda, the global step and a checksum of the weights and of Lookahead's s
 import json
 import sys
 
-
-from pipeline import config as C
-from pipeline import distributed as D
-from pipeline import engine
-from pipeline import trainer as T
-from pipeline.prepare import prepare
+from pipeline.core import config as C
+from pipeline.data.prepare import prepare
+from pipeline.train import loop
+from pipeline.train import distributed as D, trainer as T
 
 dist = D.init()
 cfg = C.load_config(None, sys.argv[1:])
@@ -17,7 +15,7 @@ data = prepare(cfg)
 fold = T.build_fold(cfg, data, 0, dist)
 bias = fold.model.head.bias.detach().tolist()
 lams = []
-real_mixup = engine.mixup
+real_mixup = loop.mixup
 
 
 def recording(*args, **kwargs):
@@ -26,7 +24,7 @@ def recording(*args, **kwargs):
     return out
 
 
-engine.mixup = recording
+loop.mixup = recording
 T.run_epoch(cfg, fold, 0, lambda: False, dist)
 slow = [s["lookahead_slow_buff"] for g in fold.optimizer.param_groups for p in g["params"]
         if (s := fold.optimizer._base_optimizer.state.get(p)) and "lookahead_slow_buff" in s]

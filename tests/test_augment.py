@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import FusedAugment, ImageMetaDataset, LUMA, train_transform
+from pipeline.data.augment import LUMA, FusedAugment, train_transform
+from pipeline.data.dataset import ImageMetaDataset
 
 RNG = np.random.default_rng(0)
 IMG = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)

@@ -13,14 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import ROOT, run_cli, tiny_overrides
-from pipeline import backends as B
-from pipeline.data import ImageMetaDataset, make_loader
-from pipeline.engine import forward, make_runtime, place, predict
-from pipeline.errors import ConfigError
-from pipeline.io import load_checkpoint
-from pipeline.model import ImageMetaNet
+
+from pipeline.core.errors import ConfigError
+from pipeline.data.dataset import ImageMetaDataset, make_loader
+from pipeline.model import backends as B
+from pipeline.model.checkpoint_file import load_checkpoint
+from pipeline.model.net import ImageMetaNet
+from pipeline.model.runtime import forward, make_runtime, place
+from pipeline.train.loop import predict
 
 TINY = "test_efficientnet"  # timm's test model: compiles in seconds where a real backbone takes minutes
 
@@ -229,9 +230,8 @@ def test_a_backend_whose_package_is_missing_is_refused_before_training(tiny_data
     the first epoch, not after it."""
     import importlib.util
 
-    from pipeline import config as C
-    from pipeline import distributed as D
-    from pipeline import trainer as T
+    from pipeline.core import config as C
+    from pipeline.train import distributed as D, trainer as T
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
     cfg = C.load_config(None, tiny_overrides(tiny_data, tmp_path, **{"infer.backend": "openvino"}))

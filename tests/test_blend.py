@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-import pipeline.blend as B
-from pipeline.cli import blend_main
-from pipeline.errors import DataError
-from pipeline.oof import read as read_oof
-from pipeline.stats import auc, fold_ranks
-
 from conftest import ROOT, run_cli
+
+import pipeline.report.blend as B
+from pipeline.cli import blend_main
+from pipeline.core.errors import DataError
+from pipeline.experiment.oof import read as read_oof
+from pipeline.report.stats import auc, fold_ranks
 
 N_ROWS, N_PATIENTS, N_FOLDS, N_TEST = 400, 80, 5, 60
 

@@ -12,11 +12,12 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT, run_cli
 from sklearn.metrics import roc_auc_score
 
-from conftest import ROOT, run_cli
-from pipeline import cv, oof, stats
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.experiment import oof
+from pipeline.report import cv, stats
 
 
 def dataset(seed: int = 0, patients: int = 60, per: int = 5, folds: int = 5) -> tuple[pd.DataFrame, np.ndarray]:

@@ -5,11 +5,11 @@ import dataclasses
 
 import pytest
 import yaml
-
-from pipeline.config import Config, ConfigError, load_config
-from pipeline.io import load_checkpoint
-
 from conftest import ROOT, run_cli
+
+from pipeline.core.config import Config, load_config
+from pipeline.core.errors import ConfigError
+from pipeline.model.checkpoint_file import load_checkpoint
 
 
 def test_dotted_overrides_set_typed_values():

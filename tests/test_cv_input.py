@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 HEADER = "image_name,patient_id,fold,target,pred\n"
@@ -67,7 +66,7 @@ def test_good_oof_is_reported(tmp_path):
 
 
 def test_read_oof_returns_typed_columns(tmp_path):
-    from pipeline.oof import read
+    from pipeline.experiment.oof import read
     path = tmp_path / "oof.csv"
     path.write_text(GOOD.replace("ISIC_", "00"))
     oof = read(path)

@@ -15,15 +15,16 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT, run_cli, tiny_overrides
 from PIL import Image
 
-from conftest import ROOT, run_cli, tiny_overrides
-from pipeline import config as C
-from pipeline import trainer
-from pipeline.prepare import prepare
-from pipeline.data import build_cache, decode
-from pipeline.features import MISSING, MetaTransform
-from pipeline.tables import DataError, load_test, load_train
+from pipeline.core import config as C
+from pipeline.core.errors import DataError
+from pipeline.data.cache import build_cache, decode
+from pipeline.data.features import MISSING, MetaTransform
+from pipeline.data.prepare import prepare
+from pipeline.data.tables import load_test, load_train
+from pipeline.train import trainer
 
 TRAIN, INFER = str(ROOT / "train.py"), str(ROOT / "infer.py")
 SENTINEL = "image_name,fold,target,pred\nISIC_sentinel,0,1,0.5\n"

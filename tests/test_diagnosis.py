@@ -9,17 +9,17 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import ROOT, run_cli, tiny_overrides
-from pipeline import config as C
-from pipeline import trainer as T
-from pipeline.diagnosis import OTHER, Diagnosis, clean
-from pipeline.errors import DataError, ExperimentError
-from pipeline.io import load_checkpoint
-from pipeline.mixup import head_loss, mixup, mixup_loss
-from pipeline.model import ImageMetaNet, build_model
-from pipeline.prepare import prepare
-from pipeline.tables import diagnosis_from_onehot
+
+from pipeline.core import config as C
+from pipeline.core.errors import ConfigError, DataError, ExperimentError
+from pipeline.data.diagnosis import OTHER, Diagnosis, clean
+from pipeline.data.prepare import prepare
+from pipeline.data.tables import diagnosis_from_onehot
+from pipeline.model.checkpoint_file import load_checkpoint
+from pipeline.model.mixup import head_loss, mixup, mixup_loss
+from pipeline.model.net import ImageMetaNet, build_model
+from pipeline.train import trainer as T
 
 AUX = {"data.diagnosis_col": "diagnosis", "train.aux_weight": 1.0}
 
@@ -195,13 +195,13 @@ def test_a_changed_diagnosis_is_a_changed_experiment(tiny_data, tmp_path):
 
 
 def test_predicting_from_the_class_head_needs_the_head():
-    with pytest.raises(C.ConfigError, match="model.predict=diagnosis needs the diagnosis head"):
+    with pytest.raises(ConfigError, match="model.predict=diagnosis needs the diagnosis head"):
         C.load_config(None, ["model.predict=diagnosis", "data.diagnosis_col=diagnosis"])
-    with pytest.raises(C.ConfigError, match="model.predict=diagnosis needs the diagnosis head"):
+    with pytest.raises(ConfigError, match="model.predict=diagnosis needs the diagnosis head"):
         C.load_config(None, ["model.predict=diagnosis", "train.aux_weight=1"])
-    with pytest.raises(C.ConfigError, match="train.aux_weight must be >= 0, got -1"):
+    with pytest.raises(ConfigError, match="train.aux_weight must be >= 0, got -1"):
         C.load_config(None, ["train.aux_weight=-1", "data.diagnosis_col=diagnosis"])
-    with pytest.raises(C.ConfigError, match="model.predict=diagnosis needs a diagnosis head with the melanoma class"):
+    with pytest.raises(ConfigError, match="model.predict=diagnosis needs a diagnosis head with the melanoma class"):
         ImageMetaNet("tf_efficientnet_lite0", 0, predict="diagnosis")
 
 
@@ -215,7 +215,7 @@ def test_the_mean_read_out_without_a_diagnosis_head_is_the_binary_one():
 
 
 def test_an_external_diagnosis_column_is_renamed_to_the_2020_classes(tmp_path):
-    from pipeline.tables import external_diagnosis
+    from pipeline.data.tables import external_diagnosis
     df = pd.DataFrame({"image": ["a", "b", "c"], "diagnosis": ["MEL", "nevus", "unknown"]})
     out = external_diagnosis(df, {"MEL": "melanoma", "NV": "nevus"}, "diagnosis", tmp_path / "x.csv", "image")
     assert out.tolist() == ["melanoma", "nevus", "unknown"]

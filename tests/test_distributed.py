@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import ROOT, tiny_overrides
-from pipeline import config as C
-from pipeline import trainer as T
-from pipeline.prepare import prepare
-from pipeline.data import SeededShuffle
-from pipeline.io import load_checkpoint
+
+from pipeline.core.errors import ConfigError
+from pipeline.data.dataset import SeededShuffle
+from pipeline.data.prepare import prepare
+from pipeline.model.checkpoint_file import load_checkpoint
+from pipeline.train import trainer as T
 
 TRAIN = str(ROOT / "train.py")
 
@@ -144,7 +144,7 @@ def test_accumulation_counts_optimizer_steps_not_micro_batches(tiny_cfg):
         steps[acc] = fold.state["step"]  # optimizer steps of one epoch, counted by the schedule
         assert fold.scheduler.t_initial + fold.scheduler.warmup_t == cfg.train.epochs * steps[acc]
     assert steps[1] == steps[2] == int((data.df["fold"] != 0).sum()) // 16
-    with pytest.raises(C.ConfigError, match="train.accumulate"):
+    with pytest.raises(ConfigError, match="train.accumulate"):
         tiny_cfg(**{"train.accumulate": 3})
 
 

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT, run_cli, tiny_overrides
-from pipeline import trainer as T
-from pipeline.model import build_model
-from pipeline.prepare import prepare
-from pipeline.engine import predict
-from pipeline.io import load_checkpoint, save_checkpoint
+
+from pipeline.data.prepare import prepare
+from pipeline.model.checkpoint_file import load_checkpoint, save_checkpoint
+from pipeline.model.net import build_model
+from pipeline.train import trainer as T
+from pipeline.train.distributed import SINGLE
+from pipeline.train.loop import predict
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,7 +54,7 @@ def test_oof_is_predicted_by_the_best_checkpoint_with_ema(tiny_cfg):
             for k, v in f.model.state_dict().items()}  # an epoch the EMA has since moved away from
     save_checkpoint(f.dir / "best.pt", {"model": best, "epoch": 1, "auc": 0.5})
     f.state.update(best_auc=0.5, best_epoch=1)
-    oof = T.finish_fold(cfg, data, f, T.D.SINGLE)
+    oof = T.finish_fold(cfg, data, f, SINGLE)
     model = build_model(cfg, data.meta.shape[1])
     model.load_state_dict(best)
     expected = predict(model, f.val_loader, f.rt, tta=cfg.infer.tta)

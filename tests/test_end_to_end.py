@@ -12,9 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import roc_auc_score
-
 from conftest import ROOT, run_cli, tiny_overrides
+from sklearn.metrics import roc_auc_score
 
 TRAIN, INFER = str(ROOT / "train.py"), str(ROOT / "infer.py")
 OOF_COLUMNS = ["image_name", "patient_id", "fold", "target", "pred"]

@@ -5,10 +5,10 @@ import sys
 
 import pytest
 import torch
-
-from pipeline.engine import Runtime, to_input, tta_views
-
 from conftest import ROOT
+
+from pipeline.model.runtime import Runtime, to_input
+from pipeline.train.loop import tta_views
 
 SCRIPT = """
 import resource, torch

@@ -18,14 +18,15 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, only, run_cli, tiny_overrides
-from pipeline import config as C
-from pipeline import experiment as E
-from pipeline import trainer as T
-from pipeline.errors import DataError, ExperimentError
-from pipeline.record import read_record
-from pipeline.tables import load_train
+
+from pipeline.core import config as C
+from pipeline.core.errors import DataError, ExperimentError
+from pipeline.data.tables import load_train
+from pipeline.experiment.folder import check_config
+from pipeline.experiment.oof import collect_oof
+from pipeline.experiment.record import read_record
+from pipeline.train import trainer as T
 
 TRAIN = str(ROOT / "train.py")
 
@@ -186,15 +187,15 @@ def test_oof_assembly_refuses_an_id_in_two_folds_or_outside_its_fold(trained, tm
     exp = tmp_path / "exp"
     shutil.copytree(trained.cfg.exp_dir, exp)
     record = read_record(exp / "data.csv")
-    assert len(E.collect_oof(exp, record)) == len(record)
+    assert len(collect_oof(exp, record)) == len(record)
     f0, f1 = (pd.read_csv(exp / f"fold{k}" / "val_predictions.csv", dtype={"image_name": "string"}) for k in (0, 1))
     stray = f0.iloc[:1].assign(fold=1)
     pd.concat([f1, stray]).to_csv(exp / "fold1" / "val_predictions.csv", index=False)
     with pytest.raises(ExperimentError, match=f"ids predicted by more than one fold: {stray['image_name'][0]}"):
-        E.collect_oof(exp, record)
+        collect_oof(exp, record)
     f0.iloc[1:].to_csv(exp / "fold0" / "val_predictions.csv", index=False)
     with pytest.raises(ExperimentError, match=f"outside their fold in folds.csv: {stray['image_name'][0]}"):
-        E.collect_oof(exp, record)
+        collect_oof(exp, record)
 
 
 @pytest.mark.parametrize("cell", ["", "-1", "1.5", "x"])
@@ -226,7 +227,7 @@ def test_config_errors_leave_no_trace_and_the_corrected_command_runs(tiny_data, 
     assert says in line, line
     assert not (tmp_path / "oof").exists() or not any((tmp_path / "oof").iterdir())
     # nothing of the failed command stands in the way (no config.yaml "of another experiment")
-    assert E.check_config(C.load_config(None, args(data, tmp_path)), force=False) == []
+    assert check_config(C.load_config(None, args(data, tmp_path)), force=False) == []
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b"])

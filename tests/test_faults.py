@@ -23,17 +23,16 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT, tiny_overrides
-from pipeline import cv
-from pipeline import experiment as E
-from pipeline import infer as I
-from pipeline import io as pio
-from pipeline import trainer as T
-from pipeline.config import load_config
-from pipeline.data import build_cache
-from pipeline.errors import DataError, StorageError
-from pipeline.tables import load_test
+
+from pipeline.model import checkpoint_file as pio
+from pipeline.core.config import load_config
+from pipeline.core.errors import DataError, StorageError
+from pipeline.data.cache import build_cache
+from pipeline.data.tables import load_test
+from pipeline.experiment.run import fold_lock
+from pipeline.report import cv
+from pipeline.train import infer as I, trainer as T
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import tta_views  # noqa: E402
@@ -186,7 +185,7 @@ def test_a_lock_on_a_read_only_folder_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "write_bytes", lambda self, data: (_ for _ in ()).throw(
         OSError(errno.EROFS, os.strerror(errno.EROFS))) if ".lock." in self.name else real(self, data))
     with pytest.raises(StorageError, match="fold0.lock: cannot write \\(Read-only file system\\); use another folder"):
-        E.fold_lock(tmp_path, 0).acquire()
+        fold_lock(tmp_path, 0).acquire()
 
 
 def test_infer_on_a_read_only_experiment_is_refused_before_predicting(trained, monkeypatch):

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.errors import DataError
-from pipeline.features import MISSING, MetaTransform, check_numeric
+from pipeline.core.errors import DataError
+from pipeline.data.features import MISSING, MetaTransform, check_numeric
 
 FIT = pd.DataFrame({
     "sex": ["male", "female", "Male ", "female", np.nan, "female"],
@@ -85,7 +85,7 @@ def test_log1p_images_per_group():
 
 
 def test_prepare_fits_on_the_training_table_only(tiny_cfg, tmp_path):
-    from pipeline.prepare import prepare
+    from pipeline.data.prepare import prepare
     cfg = tiny_cfg(**{"folds.path": str(tmp_path / "folds.csv")})
     data = prepare(cfg)
     train = pd.read_csv(f"{cfg.data.root}/train.csv")

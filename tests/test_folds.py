@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.errors import DataError
-from pipeline.folds import assign_folds, load_or_make_folds
+from pipeline.core.errors import DataError
+from pipeline.data.folds import load_or_make_folds, make_folds
 
 
 def make_table(n_patients: int = 120, seed: int = 0, n_missing_group: int = 0) -> pd.DataFrame:
@@ -27,7 +27,7 @@ def make_table(n_patients: int = 120, seed: int = 0, n_missing_group: int = 0) -
 
 def test_no_patient_in_two_folds_and_every_row_assigned():
     df = make_table()
-    fold = assign_folds(df, "target", "patient_id", 5, seed=42)
+    fold = make_folds(df, "target", "patient_id", 5, seed=42)
     assert set(fold) == set(range(5))
     per_patient = pd.Series(fold).groupby(df["patient_id"].to_numpy()).nunique()
     assert (per_patient == 1).all(), per_patient[per_patient > 1]
@@ -35,7 +35,7 @@ def test_no_patient_in_two_folds_and_every_row_assigned():
 
 def test_folds_are_stratified():
     df = make_table(n_patients=200)
-    fold = assign_folds(df, "target", "patient_id", 5, seed=42)
+    fold = make_folds(df, "target", "patient_id", 5, seed=42)
     overall = df["target"].mean()
     rates = df["target"].groupby(fold).mean()
     assert (rates - overall).abs().max() < 0.02, (overall, rates.to_dict())
@@ -45,16 +45,16 @@ def test_folds_are_stratified():
 
 def test_same_seed_same_folds_other_seed_other_folds():
     df = make_table()
-    a = assign_folds(df, "target", "patient_id", 5, seed=1)
-    b = assign_folds(df, "target", "patient_id", 5, seed=1)
-    c = assign_folds(df, "target", "patient_id", 5, seed=2)
+    a = make_folds(df, "target", "patient_id", 5, seed=1)
+    b = make_folds(df, "target", "patient_id", 5, seed=1)
+    c = make_folds(df, "target", "patient_id", 5, seed=2)
     np.testing.assert_array_equal(a, b)
     assert (a != c).any()
 
 
 def test_rows_without_group_are_their_own_group():
     df = make_table(n_missing_group=40)
-    fold = assign_folds(df, "target", "patient_id", 5, seed=42)
+    fold = make_folds(df, "target", "patient_id", 5, seed=42)
     lonely = fold[df["patient_id"].isna().to_numpy()]
     # one shared "NaN patient" would put all 40 rows into a single fold
     assert len(set(lonely)) == 5

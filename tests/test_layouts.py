@@ -23,20 +23,20 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT, SHARED_DATA, run_cli
 from PIL import Image
 
-from conftest import ROOT, SHARED_DATA, run_cli
-from pipeline import config as C
-from pipeline import prepare as prepare_module
-from pipeline import trainer
-from pipeline.prepare import prepare as prepare_data
-from pipeline.cv import report
-from pipeline.features import MISSING
-from pipeline.folds import assign_folds
-from pipeline.model import ImageMetaNet
-from pipeline.infer import make_submission
-from pipeline.sample import generate_sample
-from pipeline.tables import load_test
+from pipeline.core import config as C
+from pipeline.data import prepare as prepare_module
+from pipeline.data.features import MISSING
+from pipeline.data.folds import make_folds
+from pipeline.data.prepare import prepare as prepare_data
+from pipeline.data.sample import generate_sample
+from pipeline.data.tables import load_test
+from pipeline.model.net import ImageMetaNet
+from pipeline.report.cv import report
+from pipeline.train import trainer
+from pipeline.train.infer import make_submission
 
 CONFIGS = ROOT / "configs"
 TINY = {"model.image_size": 32, "folds.n_folds": 2, "train.epochs": 1, "train.batch_size": 16,
@@ -351,7 +351,7 @@ def test_isic2017_real_data_through_its_config(tmp_path):
 @pytest.mark.skipif(not (ISIC2020 / "train.csv").is_file(), reason="../shared/data/isic2020 is absent")
 def test_isic2020_folds_are_patient_disjoint_and_balanced():
     df = read(ISIC2020 / "train.csv")
-    fold = assign_folds(df, "target", "patient_id", 5, 42)
+    fold = make_folds(df, "target", "patient_id", 5, 42)
     df = df.assign(fold=fold)
     assert set(fold) == {0, 1, 2, 3, 4}
     assert df.groupby("patient_id")["fold"].nunique().max() == 1

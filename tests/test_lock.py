@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import lock as lockmod
-from pipeline.errors import LockedError
-from pipeline.lock import HOST, STALE_AFTER_S, Lock
+from pipeline.core import lock as lockmod
+from pipeline.core.errors import LockedError
+from pipeline.core.lock import HOST, STALE_AFTER_S, Lock
 
 ROOT = Path(__file__).resolve().parent.parent
 

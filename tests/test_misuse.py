@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT, run_cli, tiny_overrides
-from pipeline import cli, cv, folders
-from pipeline import config as C
-from pipeline import distributed as D
-from pipeline import trainer as T
-from pipeline.errors import ConfigError, ExperimentError, guarded
-from pipeline.stats import fold_ranks
+
+from pipeline import cli
+from pipeline.core import config as C, folders
+from pipeline.core.errors import ConfigError, ExperimentError, guarded
+from pipeline.report import cv
+from pipeline.report.stats import fold_ranks
+from pipeline.train import distributed as D, trainer as T
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import tta_views  # noqa: E402
@@ -187,14 +187,14 @@ def test_a_mean_blend_of_a_rank_blend_is_refused(world, capsys):
 
 
 def test_training_an_experiment_with_other_tta_views_is_refused_and_infer_may_use_others(tiny_cfg):
-    from pipeline import experiment as E
-    from pipeline.infer import inference_config
+    from pipeline.experiment.folder import check_config
+    from pipeline.train.infer import inference_config
     cfg = tiny_cfg()
     cfg.exp_dir.mkdir(parents=True)
     (cfg.exp_dir / "config.yaml").write_text(C.to_yaml(cfg))
     with pytest.raises(ExperimentError, match=r"infer\.tta: 2 -> 8\) \(infer\.tta is the TTA of its OOF"):
-        E.check_config(tiny_cfg(**{"infer.tta": 8}), force=False)
-    assert E.check_config(tiny_cfg(**{"infer.batch_size": 3}), force=False) == []  # still a run-only key
+        check_config(tiny_cfg(**{"infer.tta": 8}), force=False)
+    assert check_config(tiny_cfg(**{"infer.batch_size": 3}), force=False) == []  # still a run-only key
     assert inference_config(tiny_cfg(**{"infer.tta": 8})).infer.tta == 8  # the submission's views are free
 
 
@@ -317,9 +317,9 @@ def test_the_default_comparison_folder_counts_bytes_not_characters(world, capsys
 def test_ctrl_c_in_a_report_is_one_line_and_exit_code_130(world, capsys, monkeypatch, tool):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr("pipeline.oof.read_both_classes", interrupted)
-    monkeypatch.setattr("pipeline.cv.read_both_classes", interrupted)
-    monkeypatch.setattr("pipeline.blend.read_both_classes", interrupted)
+    monkeypatch.setattr("pipeline.experiment.oof.read_both_classes", interrupted)
+    monkeypatch.setattr("pipeline.report.cv.read_both_classes", interrupted)
+    monkeypatch.setattr("pipeline.report.blend.read_both_classes", interrupted)
     main = cli.cv_main if tool == "cv" else cli.blend_main
     assert main(["oof/a", "oof/b"] + (["--name", "x"] if tool == "blend" else ["--no-plot"])) == 130
     err = capsys.readouterr().err
@@ -369,7 +369,7 @@ def test_a_blend_keeps_the_members_submission_columns_in_their_order(world, caps
 
 
 def test_new_categories_are_said_when_they_are_many_and_not_when_few(capsys):
-    from pipeline.features import MetaTransform, check_numeric
+    from pipeline.data.features import MetaTransform, check_numeric
     train = pd.DataFrame({"id": [f"i{k}" for k in range(40)], "sex": ["male", "female"] * 20, "age": range(40)})
     transform = MetaTransform(["sex"], ["age"], False, "").fit(train)
     few_new = train.assign(sex=["male", "female"] * 19 + ["x", np.nan])  # one in 40 never seen: a typo

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.mixup import mixup, mixup_loss
+from pipeline.model.mixup import mixup, mixup_loss
 
 PERM = np.array([2, 0, 3, 1])
 

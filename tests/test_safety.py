@@ -12,10 +12,12 @@ import time
 import pytest
 import torch
 
-from pipeline import experiment as E
-from pipeline.errors import ExperimentError
-from pipeline.config import ConfigError, load_config
-from pipeline.io import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_text
+from pipeline.core.config import load_config
+from pipeline.core.errors import ConfigError, ExperimentError
+from pipeline.core.files import CheckpointError, atomic_write, write_text
+from pipeline.experiment.environment import record_environment
+from pipeline.experiment.folder import check_config
+from pipeline.model.checkpoint_file import load_checkpoint, save_checkpoint
 
 
 def temps(folder):
@@ -144,17 +146,17 @@ def test_yaml_is_read_safely(tmp_path, tiny_cfg):
     cfg.exp_dir.mkdir(parents=True)
     (cfg.exp_dir / "config.yaml").write_text(evil)  # a crafted saved config in an experiment folder
     with pytest.raises(ExperimentError, match="config.yaml: cannot read the saved config"):
-        E.check_config(cfg, force=False)
+        check_config(cfg, force=False)
     assert not marker.exists()
 
 
 def test_env_json_keeps_the_earlier_environment_when_it_changes(tmp_path, capsys):
     path = tmp_path / "env.json"
     first = {"torch": "2.0", "device": "cpu", "seed": 42, "git_commit": "abc"}
-    E.record_environment(path, first)
-    E.record_environment(path, first)  # a resume in the same environment changes nothing
+    record_environment(path, first)
+    record_environment(path, first)  # a resume in the same environment changes nothing
     assert json.loads(path.read_text()) == first and capsys.readouterr().err == ""
-    E.record_environment(path, {**first, "device": "cuda"})
+    record_environment(path, {**first, "device": "cuda"})
     env = json.loads(path.read_text())
     assert env["device"] == "cuda" and env["earlier"] == [first]
     assert "device" in capsys.readouterr().err

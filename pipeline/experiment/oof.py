@@ -8,6 +8,7 @@ own) and, when there are two, the group (the patient: the bootstrap resamples wh
 ``fold,target,pred`` alone there is no id and the rows are numbered. Any other layout (a column more,
 another order) is refused.
 
+``collect_oof`` assembles an experiment's table from its finished folds' val_predictions.csv.
 ``aligned`` lines up the tables of several experiments (or a blend's members) by id, refusing tables
 of other rows, folds, targets or groups.
 """
@@ -15,16 +16,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
-from .tables import few, parse_csv_as_text
+from pipeline.core.config import Config
+from pipeline.core.errors import DataError, ExperimentError, first_few
+from pipeline.core.files import write_csv
+from pipeline.data.tables import parse_csv_as_text
 
 FOLD, TARGET, PRED = "fold", "target", "pred"
 COLUMNS = (FOLD, TARGET, PRED)
 EXPECTED = "<id>[,<group>],fold,target,pred"
+
+if TYPE_CHECKING:  # the training data's type only: reading an OOF table needs no torch
+    from pipeline.data.prepare import TrainData
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,6 @@ def write(path: str | Path, oof: pd.DataFrame) -> Path:
         Layout.from_header(oof.columns)
     except DataError as e:
         raise ValueError(f"{path}: not an OOF table: {e}") from None
-    from .io import write_csv  # imports torch: not needed to read a table
     return write_csv(path, oof)
 
 
@@ -101,10 +107,10 @@ def read(path: str | Path) -> pd.DataFrame:
     id_col = layout.id
     lines = "line " + pd.Series(oof.index + 2, index=oof.index).astype("string")  # the header is line 1
     if id_col and oof[id_col].isna().any():
-        raise DataError(f"{path}: column '{id_col}' is blank at {few(lines[oof[id_col].isna()])}")
+        raise DataError(f"{path}: column '{id_col}' is blank at {first_few(lines[oof[id_col].isna()])}")
     if id_col and oof[id_col].duplicated().any():
         dup = oof[id_col][oof[id_col].duplicated()].unique()
-        raise DataError(f"{path}: duplicate ids in column '{id_col}': {few(dup)}")
+        raise DataError(f"{path}: duplicate ids in column '{id_col}': {first_few(dup)}")
     where = oof[id_col] if id_col else lines
     numbers = {c: pd.to_numeric(oof[c], errors="coerce").astype("float64") for c in COLUMNS}
     for col, bad, must in [(TARGET, ~numbers[TARGET].isin([0, 1]), "0 or 1"),
@@ -112,7 +118,7 @@ def read(path: str | Path) -> pd.DataFrame:
                            (FOLD, numbers[FOLD] % 1 != 0, "a whole number")]:
         if bad.any():
             shown = ("'" + oof[col] + "'").fillna("blank")
-            raise DataError(f"{path}: column '{col}' must be {must}; found {few(shown[bad] + ' at ' + where[bad])}")
+            raise DataError(f"{path}: column '{col}' must be {must}; found {first_few(shown[bad] + ' at ' + where[bad])}")
     out = oof.assign(fold=numbers[FOLD].astype(np.int64), target=numbers[TARGET].astype(np.int64),
                      pred=numbers[PRED])
     out.attrs["layout"] = layout
@@ -135,7 +141,7 @@ def _differ(frame: pd.DataFrame, first: Path, d: Path, other: pd.DataFrame) -> N
     """Refuse ``other`` (indexed by id) unless it holds the same ids, folds and targets as ``frame``."""
     only_first, only_here = frame["id"][~frame["id"].isin(other.index)], other.index[~other.index.isin(frame["id"])]
     if len(only_first) or len(only_here):
-        sides = [f"{len(x)} ids only in {where}: {few(x)}" for x, where in [(only_first, first), (only_here, d)] if len(x)]
+        sides = [f"{len(x)} ids only in {where}: {first_few(x)}" for x, where in [(only_first, first), (only_here, d)] if len(x)]
         raise DataError(f"{first} and {d} hold different rows ({'; '.join(sides)}); compare experiments "
                         f"trained on the same data")
     other = other.loc[frame["id"]]
@@ -144,7 +150,7 @@ def _differ(frame: pd.DataFrame, first: Path, d: Path, other: pd.DataFrame) -> N
         if differ.any():
             shown = [f"{i} ({a} vs {b})" for i, a, b in zip(frame["id"][differ], frame[col][differ],
                                                             other[col].to_numpy()[differ])]
-            raise DataError(f"{first} and {d} use different {what}: {few(shown)}; compare experiments "
+            raise DataError(f"{first} and {d} use different {what}: {first_few(shown)}; compare experiments "
                             f"trained on the same {same}")
 
 
@@ -178,7 +184,43 @@ def aligned(oofs: list[pd.DataFrame], dirs: list[Path]) -> pd.DataFrame:
                     shown = [f"{i} ({a} vs {b})" for i, a, b in zip(frame["id"][differ], frame["group"][differ],
                                                                     groups[differ])]
                     raise DataError(f"{group_from[0]} and {d} put rows in different groups "
-                                    f"('{group_from[1]}' vs '{layout.group}'): {few(shown)}")
+                                    f"('{group_from[1]}' vs '{layout.group}'): {first_few(shown)}")
         frame[f"pred:{k}"] = other["pred"].to_numpy()
     frame.attrs["group_col"] = group_from[1] if group_from else None
     return frame
+
+
+def val_predictions_path(fold_dir: Path) -> Path:
+    """Where a finished fold's predictions of its validation rows lie; the experiment's oof.csv is
+    assembled from these, and a fold that has one is done."""
+    return fold_dir / "val_predictions.csv"
+
+
+def collect_oof(exp: Path, record: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every finished fold's OOF rows (pipeline/oof.py), each id at most once and, when ``record``
+    (the experiment's training record) is given, in the fold that its fold table says."""
+    paths = [val_predictions_path(d) for d in sorted(exp.glob("fold*")) if d.is_dir()]
+    parts = [read(p) for p in paths if p.exists()]
+    if not parts:
+        return pd.DataFrame()
+    oof = pd.concat(parts, ignore_index=True)
+    ids = oof[layout_of(parts[0]).id]
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise ExperimentError(f"{exp}: ids predicted by more than one fold: {first_few(dup.unique())}; its folds were "
+                              f"trained on different fold tables: train them again (--force)")
+    if record is not None:
+        own = record[record["fold"] != "-1"]
+        fold_of = dict(zip(own.iloc[:, 0], own["fold"].astype(int)))
+        wrong = [i for i, k in zip(ids, oof["fold"]) if fold_of.get(i) != k]
+        if wrong:
+            raise ExperimentError(f"{exp}: OOF rows outside their fold in folds.csv: {first_few(wrong)}; train those "
+                                  f"folds again (--force --folds ...)")
+    return oof
+
+
+def oof_rows(cfg: Config, data: TrainData, idx: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
+    """The OOF table (pipeline/oof.py) of rows ``idx``: id, group (when configured), fold, target, pred."""
+    d, rows = cfg.data, data.df.iloc[idx]
+    return table(Layout(d.id_col, d.group_col or None), rows[d.id_col],
+                     rows[d.group_col] if d.group_col else None, rows["fold"], rows[d.target_col], pred)

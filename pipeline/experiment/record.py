@@ -3,7 +3,8 @@
 The training record (``data.csv`` of an experiment) is one row per training image, every value as
 text: the id first, then fold (-1: external, training only), target, group, each configured feature
 column as read, and the image file's content hash. A run whose record, or fitted meta features,
-differ from the saved ones is another experiment; the differences are said in words.
+differ from the saved ones is another experiment; the differences are said in words. The config
+keys that a run must keep are all but ``RUN_ONLY_KEYS``.
 """
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from . import config as C
-from .errors import ExperimentError
-from .tables import few, parse_csv_as_text
+from pipeline.core.config import Config, from_dict
+from pipeline.core.errors import ExperimentError, first_few
+from pipeline.data.tables import parse_csv_as_text
 
 
-def training_record(df: pd.DataFrame, cfg: C.Config, digests: list[str]) -> pd.DataFrame:
+def training_record(df: pd.DataFrame, cfg: Config, digests: list[str]) -> pd.DataFrame:
     """What a model is trained on, one row per training image, every value as text: the id, fold
     (-1: external, training only), target, group, diagnosis, each configured feature column as read,
     and the image file's content hash."""
@@ -41,9 +43,9 @@ def record_changes(saved: pd.DataFrame, now: pd.DataFrame) -> list[str]:
     out = []
     gone, new = a.index.difference(b.index, sort=False), b.index.difference(a.index, sort=False)
     if len(new):
-        out.append(f"{len(new)} training row(s) added: {few(new, 3)}")
+        out.append(f"{len(new)} training row(s) added: {first_few(new, 3)}")
     if len(gone):
-        out.append(f"{len(gone)} training row(s) removed: {few(gone, 3)}")
+        out.append(f"{len(gone)} training row(s) removed: {first_few(gone, 3)}")
     common = a.index.intersection(b.index, sort=False)
     a, b = a.loc[common], b.loc[common]
     for col in a.columns:
@@ -51,9 +53,9 @@ def record_changes(saved: pd.DataFrame, now: pd.DataFrame) -> list[str]:
         changed = x.index[(x != y).to_numpy()]
         if not len(changed):
             continue
-        shown = few([f"{i} ({x[i]} -> {y[i]})" for i in changed[:3]] + list(changed[3:]), 3)
+        shown = first_few([f"{i} ({x[i]} -> {y[i]})" for i in changed[:3]] + list(changed[3:]), 3)
         if col == "image_sha":
-            out.append(f"{len(changed)} image file(s) changed: {few(changed, 3)}")
+            out.append(f"{len(changed)} image file(s) changed: {first_few(changed, 3)}")
         elif col == "fold":
             out.append(f"the fold of {len(changed)} row(s) changed: {shown}")
         else:
@@ -104,3 +106,36 @@ RETRAIN = "use a new name (name=...) or --force to delete its results and train 
 def changed_data_error(exp: Path, changes: list[str]) -> ExperimentError:
     return ExperimentError(f"{exp} was trained on other data: {'; '.join(changes[:4])}"
                            f"{f'; and {len(changes) - 4} more' if len(changes) > 4 else ''}; {RETRAIN}")
+
+
+# Keys that change where or how a run is executed, not its results: they may differ on resume.
+# Where the data and the fold table lie does not matter either: their content is compared (data.csv).
+RUN_ONLY_KEYS = {"name", "output_dir", "train.folds", "train.num_workers", "train.deterministic",
+                 "train.compile", "train.compile_mode", "data.root",
+                 "data.cache_dir", "data.generate_sample", "folds.path", "features.max_bad_fraction", "infer"}
+
+
+# Of those, the keys that train.py still uses for what it writes: the views of the OOF predictions.
+# Every fold of an experiment is predicted with config.yaml's; infer.py may use others for the submission.
+OOF_KEYS = {"infer.tta"}
+
+
+def _result_keys(d: dict, prefix: str = "", run_only: bool = False) -> dict:
+    """The keys of a config dict that a training run must keep (all but RUN_ONLY_KEYS, OOF_KEYS included)."""
+    out = {}
+    for k, v in d.items():
+        key = prefix + k
+        inside = run_only or key in RUN_ONLY_KEYS
+        if isinstance(v, dict) and any(o.startswith(key + ".") for o in OOF_KEYS):
+            out.update(_result_keys(v, key + ".", inside))
+        elif key in OOF_KEYS or not inside:
+            out.update(_result_keys(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def saved_config(path: Path) -> Config:
+    """An experiment's config.yaml (safe_load: a crafted file cannot build Python objects)."""
+    try:
+        return from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError, OSError) as e:
+        raise ExperimentError(f"{path}: cannot read the saved config ({str(e).splitlines()[0]})") from None

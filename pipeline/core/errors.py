@@ -49,3 +49,8 @@ def guarded(main) -> int:
         if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
             print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def first_few(ids, n: int = 5) -> str:
+    ids = list(ids)
+    return ", ".join(map(str, ids[:n])) + (f", ... ({len(ids)} in all)" if len(ids) > n else f" ({len(ids)} in all)")

@@ -24,7 +24,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import roc_curve
 
-from .stats import auc
+from pipeline.core.files import atomic_write
+from pipeline.report.stats import auc
 
 # tab10: an experiment keeps its colour in every picture
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -267,7 +268,6 @@ def html_page(title: str, summary: str, tables: dict, images: list, notes: list[
 def write_report(out: Path, target: np.ndarray, preds: dict, table: pd.DataFrame, folds: pd.DataFrame,
                  logs: dict, tables: dict, summary: str, notes: list[str]) -> list[Path]:
     """The five PNGs and report.html in ``out``, each written atomically; returns their paths."""
-    from .io import atomic_write  # imports torch: only when something is written
     pictures = [
         ("roc.png", "ROC curves", "Pooled out-of-fold ROC of each experiment; the legend gives the pooled AUC "
          "and its 95% interval from the grouped bootstrap.", pooled_roc_figure(target, preds, table)),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError  # noqa: F401 - re-exported: config.ConfigError
+from pipeline.core.errors import ConfigError
 
 
 def opt(default, help: str):

@@ -11,10 +11,9 @@ import timm
 import torch
 from torch import nn
 
-from .config import PREDICT
-from .errors import ConfigError
-from .io import load_checkpoint
-from .tables import few
+from pipeline.core.config import PREDICT
+from pipeline.core.errors import ConfigError, first_few
+from pipeline.model.checkpoint_file import load_checkpoint
 
 OFFLINE_BACKBONE = "tf_efficientnet_lite0"
 
@@ -90,7 +89,7 @@ def file_state(path: str, backbone: nn.Module, name: str) -> dict:
     unexpected = [str(k) for k in state if k not in own]
     misshapen = [f"{k} {_shape(v)} (backbone: {_shape(own[k])})" for k, v in state.items()
                  if k in own and not (isinstance(v, torch.Tensor) and v.shape == own[k].shape)]
-    problems = [f"{label} key(s): {few(keys, 3)}" for label, keys in
+    problems = [f"{label} key(s): {first_few(keys, 3)}" for label, keys in
                 (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen)) if keys]
     if problems:
         raise ConfigError(f"model.pretrained={path}{what}: does not fit the backbone {name}: " + "; ".join(problems))

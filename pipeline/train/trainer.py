@@ -19,32 +19,35 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
 from timm.optim import Lookahead, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 
-from . import backends as B
-from . import checkpoints as K
-from . import config as C
-from . import distributed as D
-from . import experiment as E
-from . import oof as oof_table
-from .data import ImageMetaDataset, make_loader, train_transform
-from .engine import Runtime, StopFlag, make_runtime, peak_rss_mb, place, predict, train_one_epoch
-from .errors import ConfigError, Interrupted, PipelineError
-from .io import write_csv
-from .model import build_model, check_backbone
-from .prepare import TrainData, aux_head, check_batch_size, eval_loader, oof_rows, prepare, targets
+from pipeline.core.config import Config, TrainConfig
+from pipeline.core.errors import ConfigError, Interrupted, PipelineError
+from pipeline.core.files import write_csv
+from pipeline.data.augment import train_transform
+from pipeline.data.dataset import ImageMetaDataset, make_loader
+from pipeline.data.prepare import TrainData, aux_head, check_batch_size, eval_loader, prepare, targets
+from pipeline.experiment.oof import oof_rows, val_predictions_path, write as write_oof
+from pipeline.experiment.run import Run
+from pipeline.model.backends import check_backend, compiled_for_training
+from pipeline.model.net import build_model, check_backbone
+from pipeline.model.runtime import Runtime, make_runtime, place
+from pipeline.report.stats import auc
+from pipeline.train.checkpoints import predicting_model, repair_best, resume, retire, save_epoch
+from pipeline.train.distributed import SINGLE, Dist
+from pipeline.train.loop import predict, train_one_epoch
+from pipeline.train.process import StopFlag, peak_rss_mb
 
 
-def build_optimizer(model, t: C.TrainConfig) -> Lookahead:
+def build_optimizer(model, t: TrainConfig) -> Lookahead:
     """Adam (no weight decay on biases and norm weights) wrapped in Lookahead(k, alpha)."""
     adam = torch.optim.Adam(param_groups_weight_decay(model, t.weight_decay), lr=t.lr)
     return Lookahead(adam, alpha=t.lookahead_alpha, k=t.lookahead_k)
 
 
-def build_scheduler(optimizer, t: C.TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:
+def build_scheduler(optimizer, t: TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:
     warmup = int(round(t.warmup_epochs * steps_per_epoch))
     total = max(t.epochs * steps_per_epoch - warmup, 1)
     return CosineLRScheduler(optimizer, t_initial=total, lr_min=t.min_lr, warmup_t=warmup,
@@ -85,16 +88,16 @@ class Fold:
         """The weights that are validated and saved as best.pt: the EMA's when there is one."""
         return self.ema.module if self.ema is not None else self.model
 
-    def compile(self, cfg: C.Config, n_meta: int) -> None:
+    def compile(self, cfg: Config, n_meta: int) -> None:
         """train.compile: the training step and validation compiled (``net``, ``validating``); the
         plain modules stay what is saved and loaded."""
-        self.net, self.validating, self.compile_s = B.compiled_for_training(
+        self.net, self.validating, self.compile_s = compiled_for_training(
             self.model, self.net, self.evaluated, self.rt, cfg.train.compile_mode, self.train_loader.batch_size,
             cfg.infer.batch_size, n_meta, cfg.model.image_size)
         print(f"fold {self.k}: train.compile ({cfg.train.compile_mode}) took {self.compile_s:.0f}s")
 
 
-def build_fold(cfg: C.Config, data: TrainData, k: int, dist: D.Dist = D.SINGLE) -> Fold:
+def build_fold(cfg: Config, data: TrainData, k: int, dist: Dist = SINGLE) -> Fold:
     """Model (head bias at the fold's base rate), runtime, loaders, optimizer and schedule of fold
     ``k``; the same on every rank (the seed is set first; DDP also broadcasts rank 0's weights)."""
     t = cfg.train
@@ -136,13 +139,13 @@ def build_fold(cfg: C.Config, data: TrainData, k: int, dist: D.Dist = D.SINGLE) 
     return f
 
 
-def predict_fold(model, loader, rt: Runtime, tta: int, desc: str, dist: D.Dist) -> np.ndarray:
+def predict_fold(model, loader, rt: Runtime, tta: int, desc: str, dist: Dist) -> np.ndarray:
     """Probabilities for a fold's validation rows, in gathered order: each rank predicts its share
     (``loader``), and the shares are gathered."""
     return np.concatenate(dist.gather(predict(model, loader, rt, tta=tta, desc=desc)))
 
 
-def run_epoch(cfg: C.Config, f: Fold, epoch: int, stop, dist: D.Dist = D.SINGLE) -> dict:
+def run_epoch(cfg: Config, f: Fold, epoch: int, stop, dist: Dist = SINGLE) -> dict:
     """Train one epoch, sync Lookahead's slow weights and validate them; returns the log row."""
     t = cfg.train
     seed = epoch_seed(t.seed, f.k, epoch)
@@ -163,35 +166,35 @@ def run_epoch(cfg: C.Config, f: Fold, epoch: int, stop, dist: D.Dist = D.SINGLE)
         dist.average_buffers(f.ema.module)
     train_time = time.time() - start
     loss = float(np.mean(dist.gather(loss)))
-    auc = float(roc_auc_score(f.y_val, predict_fold(f.validating, f.val_loader, f.rt, 1, f"fold {f.k} validate", dist)))
-    improved = auc > f.state["best_auc"]
+    val_auc = auc(f.y_val, predict_fold(f.validating, f.val_loader, f.rt, 1, f"fold {f.k} validate", dist))
+    improved = val_auc > f.state["best_auc"]
     if improved:
-        f.state.update(best_auc=auc, best_epoch=epoch + 1, bad_epochs=0)
+        f.state.update(best_auc=val_auc, best_epoch=epoch + 1, bad_epochs=0)
     else:
         f.state["bad_epochs"] += 1
     f.state["epoch"] = epoch + 1
-    return {"epoch": epoch + 1, "train_loss": round(loss, 6), "val_auc": round(auc, 6),
+    return {"epoch": epoch + 1, "train_loss": round(loss, 6), "val_auc": round(val_auc, 6),
             "lr": f.optimizer.param_groups[0]["lr"], "train_s": round(train_time, 2),
             "val_s": round(time.time() - start - train_time, 2), "best": improved,
             "peak_rss_mb": peak_rss_mb()}
 
 
-def finish_fold(cfg: C.Config, data: TrainData, f: Fold, dist: D.Dist = D.SINGLE) -> pd.DataFrame:
+def finish_fold(cfg: Config, data: TrainData, f: Fold, dist: Dist = SINGLE) -> pd.DataFrame:
     """The fold's predicting model (best.pt) predicts its validation rows with TTA: its OOF rows,
     written as val_predictions.csv; the epoch checkpoints go."""
-    model, rt = K.predicting_model(cfg, data.meta.shape[1], f.dir, data.diagnosis if aux_head(cfg) else None,
+    model, rt = predicting_model(cfg, data.meta.shape[1], f.dir, data.diagnosis if aux_head(cfg) else None,
                                    f.rt.device, progress=dist.main)
     oof = oof_rows(cfg, data, f.val_idx, predict_fold(model, f.val_loader, rt, cfg.infer.tta,
                                                       f"fold {f.k} OOF", dist))
     if dist.main:
-        oof_table.write(E.val_predictions_path(f.dir), oof)
-        K.retire(f.dir)
+        write_oof(val_predictions_path(f.dir), oof)
+        retire(f.dir)
     print(f"fold {f.k}: best val AUC {f.state['best_auc']:.4f} at epoch {f.state['best_epoch']}, "
-          f"OOF AUC (TTA x{cfg.infer.tta}) {roc_auc_score(oof['target'], oof['pred']):.4f}")
+          f"OOF AUC (TTA x{cfg.infer.tta}) {auc(oof['target'], oof['pred']):.4f}")
     return oof
 
 
-def run_fold(cfg: C.Config, data: TrainData, fold: int, stop, dist: D.Dist = D.SINGLE) -> pd.DataFrame:
+def run_fold(cfg: Config, data: TrainData, fold: int, stop, dist: Dist = SINGLE) -> pd.DataFrame:
     """Train one fold (resuming when a checkpoint exists); return its OOF rows. Under torchrun every
     rank runs this; rank 0 alone writes."""
     t = cfg.train
@@ -199,9 +202,9 @@ def run_fold(cfg: C.Config, data: TrainData, fold: int, stop, dist: D.Dist = D.S
     if dist.main:
         f.dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    K.resume(f)
+    resume(f)
     if dist.main:
-        K.repair_best(f)
+        repair_best(f)
     log_path = f.dir / "log.csv"
     log = pd.read_csv(log_path).iloc[:f.state["epoch"]] if log_path.exists() and f.state["epoch"] else pd.DataFrame()
     first = f.state["epoch"]
@@ -216,7 +219,7 @@ def run_fold(cfg: C.Config, data: TrainData, fold: int, stop, dist: D.Dist = D.S
         if dist.main:
             log = pd.concat([log, pd.DataFrame([row])], ignore_index=True)
             write_csv(log_path, log)
-            K.save_epoch(f, row["best"], row["val_auc"])
+            save_epoch(f, row["best"], row["val_auc"])
         dist.barrier()  # the checkpoint is on disk before any rank goes on (a kill then resumes from it)
         print(f"fold {fold} epoch {epoch + 1}: loss {row['train_loss']:.4f}  val AUC {row['val_auc']:.4f}"
               f"{'  *best*' if row['best'] else ''}  ({row['train_s']:.0f}s train, peak {row['peak_rss_mb']} MB)")
@@ -224,13 +227,13 @@ def run_fold(cfg: C.Config, data: TrainData, fold: int, stop, dist: D.Dist = D.S
     return finish_fold(cfg, data, f, dist)
 
 
-def check_run(cfg: C.Config, dist: D.Dist) -> list[int]:
+def check_run(cfg: Config, dist: Dist) -> list[int]:
     """What can be refused from the config alone: the folds asked for, the backbone, the batch's
     split over processes and accumulation. Returns the folds to train."""
     t = cfg.train
     folds = list(dict.fromkeys(t.folds or range(cfg.folds.n_folds)))
     check_backbone(cfg)
-    B.check_backend(cfg.infer.backend)  # the OOF rows are predicted with it
+    check_backend(cfg.infer.backend)  # the OOF rows are predicted with it
     if t.sync_bn and dist.world > 1 and dist.device.type != "cuda":
         raise ConfigError("train.sync_bn=true needs CUDA: torch's SyncBatchNorm does not run on the CPU")
     if t.batch_size % (dist.world * t.accumulate):
@@ -243,14 +246,14 @@ def check_run(cfg: C.Config, dist: D.Dist) -> list[int]:
     return folds
 
 
-def open_run(cfg: C.Config, folds: list[int], force: bool, dist: D.Dist) -> tuple[TrainData, E.Run | None]:
+def open_run(cfg: Config, folds: list[int], force: bool, dist: Dist) -> tuple[TrainData, Run | None]:
     """Rank 0 claims the folds, prepares the data and opens the experiment; a failure leaves the
     folder as it was, and stops the other ranks with its message. Ranks > 0 then read the data rank
     0 made (the cache, the fold table)."""
     run, failed = None, None
     if dist.main:
         try:
-            run = E.Run.claim(cfg, folds, force)
+            run = Run.claim(cfg, folds, force)
             data = prepare(cfg)
             check_batch_size(cfg, data, folds)
             run.open(data, force)
@@ -266,7 +269,7 @@ def open_run(cfg: C.Config, folds: list[int], force: bool, dist: D.Dist) -> tupl
     return (data if dist.main else prepare(cfg)), run
 
 
-def train(cfg: C.Config, force: bool = False, dist: D.Dist = D.SINGLE) -> pd.DataFrame:
+def train(cfg: Config, force: bool = False, dist: Dist = SINGLE) -> pd.DataFrame:
     """Train the folds in ``train.folds`` (default: all); finished folds are skipped unless
     ``force``. A command that fails before training leaves the experiment folder as it found it.
     Under torchrun (``dist``) every rank trains every fold with DDP; rank 0 alone checks the
@@ -283,7 +286,7 @@ def train(cfg: C.Config, force: bool = False, dist: D.Dist = D.SINGLE) -> pd.Dat
     try:
         with stop.installed():
             for fold in folds:
-                done = E.val_predictions_path(cfg.exp_dir / f"fold{fold}")
+                done = val_predictions_path(cfg.exp_dir / f"fold{fold}")
                 if dist.broadcast(done.exists()):
                     print(f"fold {fold}: done already ({done}); --force retrains it")
                 else:

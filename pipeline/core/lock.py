@@ -28,8 +28,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .errors import ExperimentError, LockedError
-from .folders import storage_error
+from pipeline.core.disk import storage_error
+from pipeline.core.errors import ExperimentError, LockedError
 
 STALE_AFTER_S = 600.0
 HEARTBEAT_S = 30.0

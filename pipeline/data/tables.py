@@ -10,12 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
-
-
-def few(ids, n: int = 5) -> str:
-    ids = list(ids)
-    return ", ".join(map(str, ids[:n])) + (f", ... ({len(ids)} in all)" if len(ids) > n else f" ({len(ids)} in all)")
+from pipeline.core.errors import DataError, first_few
 
 
 def data_path(cfg, name: str) -> Path:
@@ -59,7 +54,7 @@ def check_submission(sub: pd.DataFrame, expected_ids=None, id_col: str | None = 
     ids = sub[id_col]
     if ids.isna().any() or ids.duplicated().any():
         fail(f"column '{id_col}' has blank or duplicate ids: "
-             f"{few(ids[ids.isna() | ids.duplicated()].fillna('blank').unique())}")
+             f"{first_few(ids[ids.isna() | ids.duplicated()].fillna('blank').unique())}")
     if expected_ids is not None and list(ids) != list(expected_ids):
         expected = list(expected_ids)
         first = next((i for i, (a, b) in enumerate(zip(ids, expected)) if a != b), min(len(ids), len(expected)))
@@ -70,7 +65,7 @@ def check_submission(sub: pd.DataFrame, expected_ids=None, id_col: str | None = 
     if bad.any():
         shown = ("'" + sub[pred_col].astype("string") + "'").fillna("blank") + " at " + ids.astype("string")
         must = "a probability in [0, 1]" if probabilities else "a finite number"
-        fail(f"column '{pred_col}' must be {must}; found {few(shown[bad])}")
+        fail(f"column '{pred_col}' must be {must}; found {first_few(shown[bad])}")
     return pd.DataFrame({id_col: ids, pred_col: pred.to_numpy()})
 
 
@@ -88,11 +83,11 @@ def read_csv(path: Path, id_col: str, required: list[str]) -> pd.DataFrame:
         raise DataError(f"{path}: column '{id_col}' is empty in {int(ids.isna().sum())} row(s)")
     dup = ids[ids.duplicated()]
     if len(dup):
-        raise DataError(f"{path}: duplicate ids in column '{id_col}': {few(dup.unique())}")
+        raise DataError(f"{path}: duplicate ids in column '{id_col}': {first_few(dup.unique())}")
     # an id names a file inside its image folder: '../test/x' would train on a test image
     paths = ids[ids.str.contains(r"[/\\\0]", regex=True) | ids.str.strip().isin(["", ".", ".."])]
     if len(paths):
-        raise DataError(f"{path}: ids in column '{id_col}' must be file names, not paths: {few(paths)}")
+        raise DataError(f"{path}: ids in column '{id_col}' must be file names, not paths: {first_few(paths)}")
     return df
 
 
@@ -122,7 +117,7 @@ def binary_target(df: pd.DataFrame, col: str, id_col: str, path: Path) -> np.nda
     bad = ~y.isin([0, 1])
     if bad.any():
         values = sorted(set(map(str, df[col][bad])))[:5]
-        raise DataError(f"{path}: column '{col}' must be 0/1; found {values} at ids {few(df[id_col][bad])}")
+        raise DataError(f"{path}: column '{col}' must be 0/1; found {values} at ids {first_few(df[id_col][bad])}")
     return y.astype(np.int64).to_numpy()
 
 
@@ -132,7 +127,7 @@ def attach_images(df: pd.DataFrame, folder: Path, ext: str, id_col: str, what: s
     sizes = [p.stat().st_size if p.is_file() else -1 for p in paths]
     missing = [i for i, s in zip(df[id_col], sizes) if s < 0]
     if missing:
-        raise DataError(f"{folder}: {len(missing)} {what} image(s) missing ({ext}): {few(missing)}")
+        raise DataError(f"{folder}: {len(missing)} {what} image(s) missing ({ext}): {first_few(missing)}")
     return df.assign(image_path=[str(p) for p in paths], image_bytes=sizes)
 
 
@@ -160,7 +155,7 @@ def diagnosis_from_onehot(df: pd.DataFrame, columns: dict, path: Path, id_col: s
     hot = np.column_stack([pd.to_numeric(df[c], errors="coerce").fillna(0).to_numpy() == 1 for c in columns])
     twice = hot.sum(axis=1) > 1
     if twice.any():
-        raise DataError(f"{path}: more than one of the columns {', '.join(columns)} is 1 at {few(df[id_col][twice])}")
+        raise DataError(f"{path}: more than one of the columns {', '.join(columns)} is 1 at {first_few(df[id_col][twice])}")
     names = np.array(list(columns.values()), dtype=object)
     return pd.Series(np.where(hot.any(axis=1), names[hot.argmax(axis=1)], None), index=df.index, dtype="string")
 
@@ -203,7 +198,7 @@ def load_train(cfg) -> pd.DataFrame:
         ext = _external(cfg, list(df.columns))
         clash = sorted(set(ext[d.id_col]) & set(df[d.id_col]))
         if clash:
-            raise DataError(f"{data_path(cfg, d.external_csv)}: ids also in {path}: {few(clash)}")
+            raise DataError(f"{data_path(cfg, d.external_csv)}: ids also in {path}: {first_few(clash)}")
         df = pd.concat([df, ext], ignore_index=True)
     return df.reset_index(drop=True)
 
@@ -223,7 +218,7 @@ def load_test(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
         check_template(sub, d.id_col, sub_path)
         only_test, only_sub = set(df[d.id_col]) - set(sub[d.id_col]), set(sub[d.id_col]) - set(df[d.id_col])
         if only_test or only_sub:
-            sides = [f"{len(ids)} only in {where}: {few(sorted(ids))}"
+            sides = [f"{len(ids)} only in {where}: {first_few(sorted(ids))}"
                      for ids, where in [(only_sub, "the submission"), (only_test, "the test table")] if ids]
             raise DataError(f"{sub_path}: ids differ from {path}: {'; '.join(sides)}")
     else:

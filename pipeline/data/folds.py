@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .errors import DataError
-from .io import write_csv
-from .tables import few, read_csv
+from pipeline.core.errors import DataError, first_few
+from pipeline.core.files import write_csv
+from pipeline.data.tables import read_csv
 
 
-def assign_folds(df: pd.DataFrame, target: str, group: str, n_folds: int, seed: int) -> np.ndarray:
+def make_folds(df: pd.DataFrame, target: str, group: str, n_folds: int, seed: int) -> np.ndarray:
     """Fold index per row; rows without a group id (or all rows, when ``group`` is '') are their own group."""
     groups = df[group].astype("string") if group else pd.Series(pd.NA, index=df.index, dtype="string")
     missing = groups.isna()
@@ -35,13 +35,13 @@ def read_folds(path: Path, ids: pd.Series, id_col: str, n_folds: int) -> np.ndar
         text = "'" + saved["fold"].astype("string") + "'"
         shown = text.fillna("blank").where(fold.isna(), fold.map("{:g}".format))
         raise DataError(f"{path}: column 'fold' must be a whole number 0..{n_folds - 1} (folds.n_folds = "
-                        f"{n_folds}); found {few(shown[bad] + ' at ' + saved[id_col][bad])}")
+                        f"{n_folds}); found {first_few(shown[bad] + ' at ' + saved[id_col][bad])}")
     empty = sorted(set(range(n_folds)) - set(fold.astype(np.int64)))
     if empty:
         raise DataError(f"{path}: no rows in fold(s) {', '.join(map(str, empty))} (folds.n_folds = {n_folds})")
     missing, extra = set(ids) - set(saved[id_col]), set(saved[id_col]) - set(ids)
     if missing or extra:
-        sides = [f"{len(s)} {what}: {few(sorted(s))}" for s, what in
+        sides = [f"{len(s)} {what}: {first_few(sorted(s))}" for s, what in
                  [(missing, "training id(s) missing from it"), (extra, "id(s) in it are not training ids")] if s]
         raise DataError(f"{path}: the saved folds do not match the training ids: {'; '.join(sides)}")
     return pd.Series(fold.astype(np.int64).to_numpy(), index=saved[id_col]).loc[ids].to_numpy()
@@ -57,7 +57,7 @@ def load_or_make_folds(df: pd.DataFrame, path: Path, id_col: str, target: str, g
         except DataError as e:
             raise DataError(f"{e}; delete it or set folds.path to make new folds") from None
     try:
-        fold = assign_folds(df, target, group, n_folds, seed)
+        fold = make_folds(df, target, group, n_folds, seed)
     except ValueError as e:  # more folds than groups or rows
         raise DataError(f"{path}: cannot make {n_folds} folds of {len(df)} training rows ({e}); "
                         f"use fewer folds (folds.n_folds)") from None

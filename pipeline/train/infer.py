@@ -9,44 +9,47 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import config as C
-from .backends import check_backend
-from .checkpoints import predicting_model
-from .data import ImageMetaDataset, build_cache, make_loader
-from .diagnosis import Diagnosis, check_test
-from .engine import predict
-from .errors import DataError, ExperimentError
-from .experiment import RUN_ONLY_KEYS, check_names, saved_config, val_predictions_path
-from .features import MetaTransform, check_numeric
-from .folders import check_writable
-from .io import write_csv
-from .prepare import aux_head
-from .tables import check_submission, data_path, few, load_test
+from pipeline.core.config import Config, from_dict, to_dict, with_overrides
+from pipeline.core.disk import check_writable
+from pipeline.core.errors import DataError, ExperimentError, first_few
+from pipeline.core.files import write_csv
+from pipeline.data.cache import build_cache
+from pipeline.data.dataset import ImageMetaDataset, make_loader
+from pipeline.data.diagnosis import Diagnosis, check_test
+from pipeline.data.features import MetaTransform, check_numeric
+from pipeline.data.prepare import aux_head
+from pipeline.data.tables import check_submission, data_path, load_test
+from pipeline.experiment.folder import check_config_paths as check_names
+from pipeline.experiment.oof import val_predictions_path
+from pipeline.experiment.record import RUN_ONLY_KEYS, saved_config
+from pipeline.model.backends import check_backend
+from pipeline.train.checkpoints import predicting_model
+from pipeline.train.loop import predict
 
 
-def trained_config(exp_dir: Path) -> C.Config:
+def trained_config(exp_dir: Path) -> Config:
     path = exp_dir / "config.yaml"
     if not path.is_file():
         raise ExperimentError(f"{path}: no trained experiment here (run train.py first)")
     return saved_config(path)
 
 
-def inference_config(cfg: C.Config, data_overrides: Sequence[str] = ()) -> C.Config:
+def inference_config(cfg: Config, data_overrides: Sequence[str] = ()) -> Config:
     """The trained experiment's config, with this command's ``data.*`` overrides (where its test set
     lies now, e.g. trained here and predicted on Kaggle) and this command's values of the keys that
     only say how a run is executed (experiment.RUN_ONLY_KEYS: infer.*, workers, cache folder...)."""
-    trained = C.to_dict(C.with_overrides(trained_config(cfg.exp_dir), list(data_overrides)))
-    now = C.to_dict(cfg)
+    trained = to_dict(with_overrides(trained_config(cfg.exp_dir), list(data_overrides)))
+    now = to_dict(cfg)
     for key in RUN_ONLY_KEYS:
         *path, last = key.split(".")
         src, dst = now, trained
         for part in path:
             src, dst = src[part], dst[part]
         dst[last] = src[last]
-    return C.from_dict(trained)
+    return from_dict(trained)
 
 
-def finished_folds(cfg: C.Config) -> list[int]:
+def finished_folds(cfg: Config) -> list[int]:
     """The folds that predict: every fold, or with ``infer.allow_missing_folds`` those trained."""
     exp = cfg.exp_dir
     folds = [k for k in range(cfg.folds.n_folds) if val_predictions_path(exp / f"fold{k}").exists()]
@@ -58,7 +61,7 @@ def finished_folds(cfg: C.Config) -> list[int]:
     return folds
 
 
-def test_inputs(cfg: C.Config) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray, Diagnosis | None]:
+def prepare_test(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray, Diagnosis | None]:
     """The test table, the submission template, the test images (cached at the trained size), their
     meta features (the experiment's fitted transform) and the diagnosis classes of the model's head
     (None without one); every problem reported before any prediction."""
@@ -73,11 +76,11 @@ def test_inputs(cfg: C.Config) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, 
                                  Path(cfg.data.cache_dir), desc="test")
     if bad:  # a submission needs every id, so test images are never skipped
         raise DataError(f"{Path(test['image_path'][next(iter(bad))]).parent}: {len(bad)} test image(s) cannot be "
-                        f"decoded: {few([f'{test[cfg.data.id_col][i]} ({why})' for i, why in bad.items()], 3)}")
+                        f"decoded: {first_few([f'{test[cfg.data.id_col][i]} ({why})' for i, why in bad.items()], 3)}")
     return test, sample, images, transform.transform(test), diagnosis if aux_head(cfg) else None
 
 
-def make_submission(cfg: C.Config, data_overrides: Sequence[str] = ()) -> Path:
+def make_submission(cfg: Config, data_overrides: Sequence[str] = ()) -> Path:
     """Predict the test set with each trained fold and TTA; write ``<exp_dir>/submission.csv``."""
     check_names(cfg)
     cfg = inference_config(cfg, data_overrides)
@@ -85,7 +88,7 @@ def make_submission(cfg: C.Config, data_overrides: Sequence[str] = ()) -> Path:
     check_backend(cfg.infer.backend)
     writable = dict(what=" submission.csv", advice="copy the experiment to a disk that can be written (output_dir=...)")
     check_writable(cfg.exp_dir, **writable)  # before the test images are cached and predicted, not after
-    test, sample, images, meta, diagnosis = test_inputs(cfg)
+    test, sample, images, meta, diagnosis = prepare_test(cfg)
     check_writable(cfg.exp_dir, need=len(sample) * (int(sample[cfg.data.id_col].str.len().max()) + 32), **writable)
     loader = make_loader(ImageMetaDataset(images, np.arange(len(test)), meta, None), cfg.infer.batch_size, False,
                          cfg.train.num_workers)

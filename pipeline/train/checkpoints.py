@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from .backends import for_inference
-from .engine import Runtime, make_runtime, place
-from .errors import CheckpointError
-from .io import load_checkpoint, remove_stale_temps, save_checkpoint
-from .model import build_model
+from pipeline.core.errors import CheckpointError
+from pipeline.core.files import remove_stale_temps
+from pipeline.model.backends import for_inference
+from pipeline.model.checkpoint_file import load_checkpoint, save_checkpoint
+from pipeline.model.net import build_model
+from pipeline.model.runtime import Runtime, make_runtime, place
 
 RESUME_KEYS = ("model", "optimizer", "scheduler", "state")
 

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from pipeline.core.errors import DataError
 
 MISSING = "__missing__"
 MISSING_WORDS = ["", "nan", "unknown", "na", "n/a", "none", "null", "?"]  # how tables spell "not known"

@@ -33,6 +33,7 @@ blend with anything on per-fold ranks. A mean blend of probabilities refuses a r
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 from pathlib import Path
 
@@ -40,13 +41,15 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from . import folders
-from .config import plain_name
-from .errors import ConfigError, DataError, ExperimentError
-from .oof import Layout, aligned, layout_of, read_both_classes
-from .oof import table as oof_table, write as write_oof
-from .stats import auc, fold_aucs, fold_ranks, weighted_auc
-from .tables import check_submission, few, parse_csv_as_text
+from pipeline.core import disk, folders
+from pipeline.core.config import plain_name
+from pipeline.core.errors import ConfigError, DataError, ExperimentError, first_few
+from pipeline.core.files import write_csv, write_json
+from pipeline.core.folders import MARKERS
+from pipeline.data.tables import check_submission, parse_csv_as_text
+from pipeline.experiment.oof import (Layout, aligned, layout_of, read_both_classes, table as oof_table,
+                                     write as write_oof)
+from pipeline.report.stats import auc, fold_aucs, fold_ranks, weighted_auc
 
 METHODS = ("mean", "rank", "fit")
 GRID_STEPS = 20  # weights on a 0.05 grid: exhaustive for 2-3 members (21 or 231 candidates)
@@ -57,7 +60,7 @@ def check_name(name: str) -> str:
     # the name becomes one folder beside the members: a path could write over anything
     if not plain_name(name):
         raise ConfigError(f"--name must be a plain folder name (no '/', not '.' or '..'), got {name!r}")
-    folders.check_names(name, "--name")
+    disk.check_name_length(name, "--name")
     return name
 
 
@@ -68,31 +71,31 @@ def default_output_dir(first: Path) -> Path:
 
 def check_members(members: list[Path]) -> None:
     if len(members) < 2:
-        raise ConfigError(f"a blend needs at least two members, got {len(members)}: {few(members)}")
+        raise ConfigError(f"a blend needs at least two members, got {len(members)}: {first_few(members)}")
     for m in members:
-        folders.check_names(m)
+        disk.check_name_length(m)
     resolved = [m.resolve() for m in members]
     twice = [str(m) for i, m in enumerate(members) if resolved[i] in resolved[:i]]
     if twice:
-        raise ConfigError(f"member(s) given more than once: {few(twice)}")
+        raise ConfigError(f"member(s) given more than once: {first_few(twice)}")
     missing = [str(m) for m in members if not m.is_dir()]
     if missing:
-        raise DataError(f"member folder(s) not found: {few(missing)}")
+        raise DataError(f"member folder(s) not found: {first_few(missing)}")
 
 
-def check_output(out: Path, members: list[Path]) -> None:
+def check_blend_folder(out: Path, members: list[Path]) -> None:
     """Only a blend may be replaced: anything else in the way is the user's (an experiment, a member),
     and a blend goes nowhere inside an experiment or another tool's folder (folders.py)."""
     if out.resolve() in [m.resolve() for m in members]:
         raise ExperimentError(f"{out}: is one of the members; use another --name")
     advice = "use another --name or --output-dir"
-    folders.check_output(out, "blend", advice)
-    folders.check_writable(out, what=" the blend", advice=advice)
+    folders.check_output_folder(out, "blend", advice)
+    disk.check_writable(out, what=" the blend", advice=advice)
 
 
 def check_method(method: str, members: list[Path]) -> None:
     """A mean of probabilities cannot take a member whose predictions are ranks (a rank blend)."""
-    ranked = [str(m) for m in members if folders.ranked(m)]
+    ranked = [str(m) for m in members if is_rank_blend(m)]
     if method == "mean" and ranked:
         raise ConfigError(f"--method mean averages probabilities, but {', '.join(ranked)} "
                           f"{'is a rank blend' if len(ranked) == 1 else 'are rank blends'} (pred: a rank within "
@@ -195,11 +198,11 @@ def check_same_ids(a: pd.DataFrame, b: pd.DataFrame, a_path: Path, b_path: Path)
         return
     only_a, only_b = pd.Index(x).difference(y, sort=False), pd.Index(y).difference(x, sort=False)
     if len(only_a) or len(only_b):
-        sides = [f"only in {p}: {few(ids)}" for ids, p in [(only_a, a_path), (only_b, b_path)] if len(ids)]
+        sides = [f"only in {p}: {first_few(ids)}" for ids, p in [(only_a, a_path), (only_b, b_path)] if len(ids)]
         raise DataError(f"{a_path} and {b_path} hold different ids: {'; '.join(sides)}")
     diff = np.flatnonzero(x != y)
     raise DataError(f"{a_path} and {b_path} list the same ids in a different order: "
-                    f"{few([f'line {i + 2}: {x[i]} vs {y[i]}' for i in diff], 3)}")
+                    f"{first_few([f'line {i + 2}: {x[i]} vs {y[i]}' for i in diff], 3)}")
 
 
 def read_submissions(members: list[Path], id_col: str | None) -> tuple[list[pd.DataFrame] | None, str]:
@@ -208,7 +211,7 @@ def read_submissions(members: list[Path], id_col: str | None) -> tuple[list[pd.D
     paths = [m / "submission.csv" for m in members]
     missing = [str(m) for m, p in zip(members, paths) if not p.is_file()]
     if missing:
-        return None, f"no submission.csv in {few(missing)} (run infer.py for it)"
+        return None, f"no submission.csv in {first_few(missing)} (run infer.py for it)"
     subs = [read_submission(p, id_col) for p in paths]
     for sub, path in zip(subs[1:], paths[1:]):
         check_same_ids(subs[0], sub, paths[0], path)
@@ -234,7 +237,6 @@ def pooled_auc(oof: pd.DataFrame, ranks: bool) -> tuple[float, float]:
 
 
 def write_blend(out: Path, info: dict, oof: pd.DataFrame, sub: pd.DataFrame | None) -> None:
-    from .io import write_csv, write_json  # imports torch: not needed to report wrong input
     out.mkdir(parents=True, exist_ok=True)
     # a replaced blend's files go first (roc.png: drawn by pipeline.cv), but blend.json, its marker:
     # written first, so that a folder interrupted half-way is still a blend, without a file of the old one
@@ -254,7 +256,7 @@ def blend(members: list[str | Path], name: str, method: str = "rank", output_dir
     members = [Path(m) for m in members]
     check_members(members)
     out = Path(output_dir if output_dir is not None else default_output_dir(members[0])) / name
-    check_output(out, members)
+    check_blend_folder(out, members)
     check_method(method, members)
     oofs = [read_both_classes(m) for m in members]  # align checks the ids
     base, preds, layout = align(oofs, members)
@@ -292,3 +294,11 @@ def print_scores(members: list[Path], oofs: list[pd.DataFrame], out: Path, metho
         print(f"{label:{width}}  {w:>6}  {auc_:{len(pooled)}.4f}  {mean:13.4f}")
     if ranks:
         print("(every figure of per-fold ranks, as the blend is made of them: compare with pipeline.cv's 'rank AUC')")
+
+
+def is_rank_blend(folder: str | Path) -> bool:
+    """Whether ``folder``'s oof.csv holds ranks within each fold, not probabilities: a rank blend."""
+    try:
+        return json.loads((Path(folder) / MARKERS["blend"]).read_text()).get("transform") == "rank"
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -55,12 +55,14 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from . import folders
-from .errors import ConfigError
-from .oof import aligned, read_both_classes
-from .stats import (auc, bootstrap_auc, draw_groups, fold_aucs, fold_ranks, group_codes, paired_difference,
-                    percentile_interval)
-from .tables import few, parse_csv
+from pipeline.core import disk, folders
+from pipeline.core.errors import ConfigError, first_few
+from pipeline.core.files import atomic_write
+from pipeline.data.tables import parse_csv
+from pipeline.experiment.oof import aligned, read_both_classes
+from pipeline.report.blend import is_rank_blend
+from pipeline.report.stats import (auc, bootstrap_auc, draw_groups, fold_aucs, fold_ranks, group_codes,
+                                   paired_difference, percentile_interval)
 
 COMPARISON_FILES = ("compare.csv", "folds.csv", "correlation.csv", "roc.png", "fold_auc.png",  # compare.csv: the
                     "learning_curves.png", "calibration.png", "pred_by_class.png", "report.html")  # marker, first
@@ -181,9 +183,9 @@ def comparison_folder(dirs: list, out: str | Path | None = None, advice: str = "
     """Where the comparison of ``dirs`` goes (``out``, else ``default_out``), checked before any work:
     a new or empty folder or an earlier comparison (folders.py), that can be written."""
     dirs = [Path(d) for d in dirs]
-    out = folders.check_output(Path(out) if out is not None else default_out(dirs, labels(dirs)), "comparison",
+    out = folders.check_output_folder(Path(out) if out is not None else default_out(dirs, labels(dirs)), "comparison",
                                advice)
-    folders.check_writable(out, what=" the comparison", advice=advice)
+    disk.check_writable(out, what=" the comparison", advice=advice)
     return out
 
 
@@ -204,7 +206,7 @@ def analyse(exp_dirs: list, baseline: str | None = None, n_boot: int = 1000, see
     names = labels(dirs)
     base = pick_baseline(baseline, dirs, names)
     frame = aligned([read_both_classes(d) for d in dirs], dirs)
-    ranked = [n for n, d in zip(names, dirs) if folders.ranked(d)]
+    ranked = [n for n, d in zip(names, dirs) if is_rank_blend(d)]
     if ranked:  # like with like: a rank blend's pred is a rank within each fold, so every pred becomes one
         for k in range(len(names)):
             frame[f"pred:{k}"] = fold_ranks(frame[f"pred:{k}"].to_numpy(), frame["fold"].to_numpy())
@@ -221,7 +223,7 @@ def analyse(exp_dirs: list, baseline: str | None = None, n_boot: int = 1000, see
 def experiment_dirs(exp_dirs: list) -> tuple[list[Path], list[Path]]:
     """The folders as given, and the same with ``.`` and ``..`` resolved to a name (``.`` names no
     experiment, and its parent would be the experiment itself); each once."""
-    given = [folders.check_names(d) for d in exp_dirs]
+    given = [disk.check_name_length(d) for d in exp_dirs]
     dirs = [d.resolve() if d.name in ("", ".", "..") else d for d in given]
     seen = {}
     for d in dirs:
@@ -307,12 +309,11 @@ def print_experiment(a: SimpleNamespace, plot: bool, details: bool = True) -> di
     print(f"pooled OOF AUC {row['pooled_auc']:.4f} ({row['rows']} rows, {row['positives']} positives)")
     if basis_note(a):
         print(f"note: {basis_note(a)}")
-    reason = folders.why_not_writable(exp_dir) if plot else None
+    reason = disk.why_not_writable(exp_dir) if plot else None
     if reason:  # an experiment on a read-only disk is still reported
         print(f"warning: {exp_dir / 'roc.png'} not drawn ({reason})", file=sys.stderr)
     elif plot:
-        from .io import atomic_write  # imports torch: not needed to report a malformed table
-        from .report import fold_roc_figure, png_bytes
+        from pipeline.report.figures import fold_roc_figure, png_bytes
         data = png_bytes(fold_roc_figure(a.frame["target"].to_numpy(), a.frame["pred:0"].to_numpy(),
                                          a.frame["fold"].to_numpy(), f"{exp_dir.name}: ROC"))
         print(f"ROC curve: {atomic_write(exp_dir / 'roc.png', lambda p: p.write_bytes(data))}")
@@ -345,7 +346,6 @@ def write_files(a: SimpleNamespace, out: Path, plot: bool) -> list[Path]:
     """compare.csv, folds.csv, correlation.csv and (``plot``) the pictures and report.html in ``out``.
     An earlier comparison's files go first, but its marker compare.csv, which is replaced: no table or
     picture of another comparison stays beside these, even after a Ctrl-C."""
-    from .io import atomic_write  # imports torch: not needed to report a malformed table
     for name in COMPARISON_FILES[1:]:
         (out / name).unlink(missing_ok=True)
     written = []
@@ -354,13 +354,13 @@ def write_files(a: SimpleNamespace, out: Path, plot: bool) -> list[Path]:
                       .rename_axis("experiment").reset_index())]:
         written.append(atomic_write(out / name, lambda p, df=df: df.to_csv(p, index=False)))
     if plot:
-        from .report import write_report
+        from pipeline.report.figures import write_report
         gcol = a.frame.attrs["group_col"]
         preds = {n: a.frame[f"pred:{k}"].to_numpy() for k, n in enumerate(a.names)}
         tables = {"Comparison": display_table(a.table), "Fold AUC": display_folds(a.folds),
                   **({"Correlation of pred": a.corr, "Correlation of per-fold ranks": a.rank_corr}
                      if len(a.names) > 1 else {})}
-        notes = [f"{len(a.leaks)} '{gcol}' group(s) have rows in several folds ({few(a.leaks)})"] if a.leaks else []
+        notes = [f"{len(a.leaks)} '{gcol}' group(s) have rows in several folds ({first_few(a.leaks)})"] if a.leaks else []
         notes += [basis_note(a)] if a.ranked else []
         written += write_report(out, a.frame["target"].to_numpy(), preds, a.table, a.folds, dict(zip(a.names, a.logs)),
                                 tables=tables, summary=summary_line(a.frame, a.n_boot, a.seed), notes=notes)
@@ -387,7 +387,7 @@ def compare(exp_dirs: list, baseline: str | None = None, plot: bool = True, n_bo
         print_comparison(a)
     if a.leaks:
         print(f"note: {len(a.leaks)} '{a.frame.attrs['group_col']}' group(s) have rows in several folds "
-              f"({few(a.leaks)}): their images leak between training and validation")
+              f"({first_few(a.leaks)}): their images leak between training and validation")
     written = write_files(a, out, plot)
     print(f"written to {out}/: {', '.join(p.name for p in written)}")
     return {"table": a.table, "folds": a.folds, "corr": a.corr, "rank_corr": a.rank_corr, "out": out,

@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
-from .tables import few
+from pipeline.core.errors import DataError, first_few
 
 OTHER = "other"
 MISSING_WORDS = {"", "unknown", "nan", "na", "n/a", "none", "null", "?"}
@@ -80,7 +79,7 @@ def check_contradictions(df: pd.DataFrame, diag: Diagnosis, target_col: str, id_
     bad = (text.notna().to_numpy() & (y == 1) & ~is_mel) | (is_mel & (y == 0))
     if not bad.any():
         return
-    shown = few([f"{i} ({d}, target {t})" for i, d, t in zip(df[id_col][bad], text[bad], y[bad])], 3)
+    shown = first_few([f"{i} ({d}, target {t})" for i, d, t in zip(df[id_col][bad], text[bad], y[bad])], 3)
     what = (f"{where}: column '{diag.column}' contradicts '{target_col}' in {int(bad.sum())} of {len(df)} rows "
             f"(target 1 with another class, or {diag.melanoma} with target 0): {shown}")
     if bad.mean() > limit:
@@ -94,6 +93,6 @@ def check_test(diag: Diagnosis, test: pd.DataFrame, id_col: str, where: str) -> 
         return
     _, unseen = diag.codes(test[diag.column])
     if unseen.any():
-        shown = few([f"{i} ({d})" for i, d in zip(test[id_col][unseen], clean(test[diag.column])[unseen])], 3)
+        shown = first_few([f"{i} ({d})" for i, d in zip(test[id_col][unseen], clean(test[diag.column])[unseen])], 3)
         raise DataError(f"{where}: column '{diag.column}' has class(es) never seen in the training rows "
                         f"({', '.join(diag.classes)}): {shown}")

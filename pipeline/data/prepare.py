@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import config as C
-from . import oof
-from .data import ImageMetaDataset, build_cache, make_loader
-from .diagnosis import Diagnosis, check_contradictions, check_test
-from .errors import DataError
-from .features import MetaTransform, check_numeric
-from .folds import fold_table, load_or_make_folds
-from .tables import data_path, few, load_test, load_train
+from pipeline.core.config import Config
+from pipeline.core.errors import ConfigError, DataError, first_few
+from pipeline.data.cache import build_cache
+from pipeline.data.dataset import ImageMetaDataset, make_loader
+from pipeline.data.diagnosis import Diagnosis, check_contradictions, check_test
+from pipeline.data.features import MetaTransform, check_numeric
+from pipeline.data.folds import fold_table, load_or_make_folds
+from pipeline.data.tables import data_path, load_test, load_train
 
 
 @dataclass
@@ -39,26 +39,26 @@ class TrainData:
         return {**self.transform.to_dict(), **({"diagnosis": self.diagnosis.to_dict()} if self.diagnosis else {})}
 
 
-def prepare(cfg: C.Config) -> TrainData:
+def prepare(cfg: Config) -> TrainData:
     """Load and check the training data and its images, make or reuse the folds, fit the meta
     transform."""
     d = cfg.data
     # only into a new or empty folder: in a folder of real data a missing table is the user's error below
     if d.generate_sample and not data_path(cfg, d.train_csv).exists() and not any(Path(d.root).glob("*")):
-        from .sample import ensure_sample
+        from pipeline.data.sample import ensure_sample
         print(f"writing the bundled synthetic sample into {d.root}")
         ensure_sample(Path(d.root))
     df = load_train(cfg)
     test = load_test(cfg)[0] if d.test_csv else None  # a broken test table or missing image: reported now
     df, images, digests = cached_images(cfg, df)
-    assign_folds(cfg, df)
+    attach_folds(cfg, df)
     transform = fit_features(cfg, df, test)
     diagnosis = fit_diagnosis(cfg, df, test)
     return TrainData(df, images, transform.transform(df), transform, digests, diagnosis,
                      diagnosis.codes(df[d.diagnosis_col])[0] if diagnosis else None)
 
 
-def cached_images(cfg: C.Config, df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, list]:
+def cached_images(cfg: Config, df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, list]:
     """The images decoded into the cache; undecodable ones fail, or are skipped with
     ``data.on_bad_image=skip``. Adds each row's ``cache_row``."""
     d = cfg.data
@@ -66,7 +66,7 @@ def cached_images(cfg: C.Config, df: pd.DataFrame) -> tuple[pd.DataFrame, np.nda
                                        Path(d.cache_dir), "train")
     df["cache_row"] = np.arange(len(df))
     if bad:
-        listed = few([f"{df[d.id_col][i]} ({why})" for i, why in bad.items()], 3)
+        listed = first_few([f"{df[d.id_col][i]} ({why})" for i, why in bad.items()], 3)
         where = Path(df["image_path"][next(iter(bad))]).parent
         if d.on_bad_image == "fail":
             raise DataError(f"{where}: {len(bad)} image(s) cannot be decoded: {listed}; "
@@ -76,14 +76,14 @@ def cached_images(cfg: C.Config, df: pd.DataFrame) -> tuple[pd.DataFrame, np.nda
     return df, images, digests
 
 
-def fold_table_path(cfg: C.Config) -> Path:
+def fold_table_path(cfg: Config) -> Path:
     if cfg.folds.path:
         return Path(cfg.folds.path)
     train_csv = data_path(cfg, cfg.data.train_csv)
     return train_csv.with_name(f"{train_csv.stem}_folds{cfg.folds.n_folds}_seed{cfg.folds.seed}.csv")
 
 
-def assign_folds(cfg: C.Config, df: pd.DataFrame) -> None:
+def attach_folds(cfg: Config, df: pd.DataFrame) -> None:
     """The ``fold`` column from the fold table (made once, then reused); external rows (-1) train
     every fold and are never validated."""
     d = cfg.data
@@ -101,7 +101,7 @@ def assign_folds(cfg: C.Config, df: pd.DataFrame) -> None:
         print(f"plus {int((~own).sum())} external training-only rows ({int(df[d.target_col][~own].sum())} positives)")
 
 
-def fit_features(cfg: C.Config, df: pd.DataFrame, test: pd.DataFrame | None) -> MetaTransform:
+def fit_features(cfg: Config, df: pd.DataFrame, test: pd.DataFrame | None) -> MetaTransform:
     """The meta-feature transform, fitted on the training rows (and the test rows with
     ``features.fit_on=train+test``); numeric columns checked in every table."""
     d = cfg.data
@@ -117,7 +117,7 @@ def fit_features(cfg: C.Config, df: pd.DataFrame, test: pd.DataFrame | None) -> 
     return transform
 
 
-def fit_diagnosis(cfg: C.Config, df: pd.DataFrame, test: pd.DataFrame | None) -> Diagnosis | None:
+def fit_diagnosis(cfg: Config, df: pd.DataFrame, test: pd.DataFrame | None) -> Diagnosis | None:
     """The diagnosis classes of the training rows (data.diagnosis_col), each table checked: the
     diagnosis agrees with the target, and the test table (when it has the column) holds no class
     that training never saw."""
@@ -135,36 +135,31 @@ def fit_diagnosis(cfg: C.Config, df: pd.DataFrame, test: pd.DataFrame | None) ->
     return diagnosis
 
 
-def aux_head(cfg: C.Config) -> bool:
+def aux_head(cfg: Config) -> bool:
     """Whether the model has the diagnosis head (and the loss its cross-entropy)."""
     return bool(cfg.data.diagnosis_col) and cfg.train.aux_weight > 0
 
 
-def check_batch_size(cfg: C.Config, data: TrainData, folds: list[int]) -> None:
+def check_batch_size(cfg: Config, data: TrainData, folds: list[int]) -> None:
     """The training loader drops the last incomplete batch: a batch larger than a fold's training
     rows would train nothing and report AUC 0.5."""
     for k in folds:
         n = int((data.df["fold"] != k).sum())
         if n < cfg.train.batch_size:
-            raise C.ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the {n} training rows of "
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the {n} training rows of "
                                 f"fold {k}: no step would train; use a smaller batch")
 
 
-def targets(cfg: C.Config, data: TrainData) -> np.ndarray:
+def targets(cfg: Config, data: TrainData) -> np.ndarray:
     """The binary target of each row; with the diagnosis head, (target, diagnosis class) pairs."""
     y = data.df[cfg.data.target_col].to_numpy().astype(np.float32)
     return np.column_stack([y, data.codes.astype(np.float32)]) if aux_head(cfg) else y
 
 
-def eval_loader(cfg: C.Config, data: TrainData, idx: np.ndarray, pin_memory: bool = False):
+def eval_loader(cfg: Config, data: TrainData, idx: np.ndarray, pin_memory: bool = False):
     """Rows ``idx`` (data.df positions) in order, unaugmented, in batches of ``infer.batch_size``:
     what validation and OOF prediction read."""
     ds = ImageMetaDataset(data.images, data.df["cache_row"].to_numpy()[idx], data.meta[idx], targets(cfg, data)[idx])
     return make_loader(ds, cfg.infer.batch_size, False, cfg.train.num_workers, pin_memory=pin_memory)
 
 
-def oof_rows(cfg: C.Config, data: TrainData, idx: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
-    """The OOF table (pipeline/oof.py) of rows ``idx``: id, group (when configured), fold, target, pred."""
-    d, rows = cfg.data, data.df.iloc[idx]
-    return oof.table(oof.Layout(d.id_col, d.group_col or None), rows[d.id_col],
-                     rows[d.group_col] if d.group_col else None, rows["fold"], rows[d.target_col], pred)

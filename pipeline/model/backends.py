@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .engine import Runtime, forward
-from .errors import ConfigError
+from pipeline.core.errors import ConfigError
+from pipeline.model.runtime import Runtime, forward
 
 
 def use_cache(cache_dir: str) -> None:
     """Inductor's on-disk cache under the image cache folder (``data.cache_dir``), so that a compiled
     graph is reused by the next fold and the next run: its default, /tmp/torchinductor_<user>, is
     wiped with /tmp and shared by every project. Set once per process by the entry points
-    (cli.tune_process)."""
+    (train.process.tune_process)."""
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir, "inductor").resolve())
 
 

@@ -1,0 +1,1 @@
+"""Reporting: statistics, the CV report and comparisons, pictures and HTML, blends. Needs no torch."""

@@ -1,0 +1,83 @@
+"""The loop: ``train_one_epoch`` (mixup, accumulation, the optimizer and scheduler steps) and
+``predict`` (flip/transpose TTA).
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.model.mixup import mixup, mixup_loss
+from pipeline.model.runtime import Runtime, forward, one_thread, to_input
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, step: int,
+                    mixup_prob: float, mixup_alpha: float, rng: np.random.Generator, desc: str = "train",
+                    should_stop=lambda: False, accumulate: int = 1, after_step=None,
+                    aux_weight: float = 0.0) -> tuple[float, int]:
+    """One pass over ``loader``; returns (mean loss, global step). The loader yields micro-batches:
+    ``accumulate`` of them make one optimizer step (and one scheduler step); each is mixed on its
+    own, with the same draws on every rank. Under DDP the gradients are averaged over the ranks
+    at the last micro-batch of a step only. Stops early (between steps) when ``should_stop()``
+    turns true; it is asked once per step on every rank. ``after_step(step)`` runs after each
+    optimizer step (the EMA update)."""
+    model.train()
+    total, seen = 0.0, 0
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not rt.progress)
+    for i, (images, meta, y) in enumerate(bar):
+        last = (i + 1) % accumulate == 0
+        y = y.to(rt.device)
+        meta = meta.to(rt.device)
+        with one_thread(rt):
+            x = to_input(images, rt)
+            x, meta, y_a, y_b, lam = mixup(x, meta, y, mixup_prob, mixup_alpha, rng)
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            loss = mixup_loss(forward(model, x, meta, rt), y_a, y_b, lam, aux_weight)
+            (scaler.scale(loss / accumulate) if scaler is not None else loss / accumulate).backward()
+        total += loss.item() * len(y)
+        seen += len(y)
+        if not last:
+            continue
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        scheduler.step_update(step)
+        if after_step is not None:
+            after_step(step)
+        bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        if should_stop():
+            break
+    return total / max(seen, 1), step
+
+
+def tta_views(images: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """The first ``n`` of the 8 flips/transposes of a uint8 NHWC batch (the first is the batch itself)."""
+    # A generator: only the views asked for are made (each flip is a copy).
+    views = (v.flip(d) if d else v for v in (images, images.transpose(1, 2)) for d in ((), (2,), (1,), (1, 2)))
+    return list(itertools.islice(views, n))
+
+
+@torch.inference_mode()
+def predict(model, loader, rt: Runtime, tta: int = 1, desc: str = "predict") -> np.ndarray:
+    """Probabilities averaged over ``tta`` views. A forward takes at most one loader batch of images
+    (``infer.batch_size``): the views of a batch go through in turn, so that memory does not grow
+    with ``tta`` (and glibc keeps what was freed: engine.keep_freed_memory)."""
+    model.eval()
+    out = []
+    for images, meta, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not rt.progress):
+        total = 0
+        for view in tta_views(images, tta):
+            with one_thread(rt):
+                x = to_input(view, rt)
+            total = total + model.probability(forward(model, x, meta, rt))
+        out.append((total / tta).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
