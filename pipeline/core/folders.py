@@ -32,8 +32,12 @@ WRITERS = {"experiment": "train.py", "blend": "python -m pipeline blend", "compa
            "re-prediction": "benchmarks/tta_views.py"}
 
 
-# beside config.yaml, what train.py writes with it: a project's own config.yaml makes no experiment
-EXPERIMENT_FILES = ("data.csv", "env.json", "features.json", "folds.csv", "oof.csv", "fold0")
+# Every file train.py and infer.py write at the top of an experiment folder (fold<k>/ folders and locks
+# beside them): what --force may delete there.
+EXPERIMENT_FILES = ("config.yaml", "data.csv", "env.json", "features.json", "folds.csv", "oof.csv", "roc.png",
+                    "submission.csv")
+# Beside config.yaml, one of these makes a folder an experiment: a project's own config.yaml makes none.
+TRAINED_MARKS = ("data.csv", "env.json", "features.json", "folds.csv", "oof.csv", "fold0")
 
 
 def kind(folder: str | Path) -> str | None:
@@ -41,7 +45,7 @@ def kind(folder: str | Path) -> str | None:
     experiment's config.yaml counts beside one of the other files train.py writes."""
     folder = Path(folder)
     for k, marker in MARKERS.items():
-        if (folder / marker).is_file() and (k != "experiment" or any((folder / f).exists() for f in EXPERIMENT_FILES)):
+        if (folder / marker).is_file() and (k != "experiment" or any((folder / f).exists() for f in TRAINED_MARKS)):
             return k
     return None
 
@@ -77,8 +81,8 @@ def check_not_inside(folder: str | Path, advice: str) -> None:
                               f"{advice}")
 
 
-def check_output_folder(folder: str | Path, own: str, advice: str) -> Path:
-    """``folder`` may receive the files of a ``own`` (a kind): it is new, empty or of that kind, no
+def check_output_folder(folder: str | Path, folder_kind: str, advice: str) -> Path:
+    """``folder`` may receive the files of a ``folder_kind`` (a kind): it is new, empty or of that kind, no
     file stands in its way, it is inside no folder of a kind, and its names fit the file system."""
     folder = check_name_length(folder)
     for p in [folder, *folder.parents]:
@@ -88,11 +92,11 @@ def check_output_folder(folder: str | Path, own: str, advice: str) -> Path:
     check_not_inside(folder, advice)
     if folder.is_dir():
         k = kind(folder)
-        if k is not None and k != own:
-            raise ExperimentError(f"{folder}: is {describe(k)}, not {article(own)}; {advice}")
+        if k is not None and k != folder_kind:
+            raise ExperimentError(f"{folder}: is {describe(k)}, not {article(folder_kind)}; {advice}")
         held = listing(folder) if k is None else []
         if held:
-            raise ExperimentError(f"{folder}: exists and is not {article(own)} (no {MARKERS[own]}; it holds {first_few(held)}); "
+            raise ExperimentError(f"{folder}: exists and is not {article(folder_kind)} (no {MARKERS[folder_kind]}; it holds {first_few(held)}); "
                                   f"{advice}")
     return folder
 

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import DataError, first_few
+from pipeline.data.tables import MISSING_WORDS
 
 OTHER = "other"
-MISSING_WORDS = {"", "unknown", "nan", "na", "n/a", "none", "null", "?"}
 
 
 def clean(values: pd.Series) -> pd.Series:

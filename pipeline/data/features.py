@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import DataError
+from pipeline.data.tables import MISSING_WORDS, group_ids
 
 MISSING = "__missing__"
-MISSING_WORDS = ["", "nan", "unknown", "na", "n/a", "none", "null", "?"]  # how tables spell "not known"
 FAR = 20  # a number further than this many robust standard deviations from the median is treated as missing
 
 
@@ -59,13 +59,6 @@ class MetaTransform:
     def from_config(cls, cfg) -> "MetaTransform":
         f = cfg.features
         return cls(f.categorical, f.numeric, f.n_images, cfg.data.group_col, f.file_size, f.group_context)
-
-    def _groups(self, df: pd.DataFrame) -> pd.Series:
-        """Group ids; a row without one (or no group column at all) is its own group."""
-        if not self.group_col:
-            return pd.Series(np.arange(len(df)).astype(str), index=df.index)
-        g = df[self.group_col].astype("string")
-        return g.fillna(pd.Series("__row_" + np.arange(len(df)).astype(str), index=df.index))
 
     def fit(self, df: pd.DataFrame) -> "MetaTransform":
         for col in self.categorical:
@@ -115,7 +108,7 @@ class MetaTransform:
             mean, std = self.stats[col][:2]
             x = self.number(df, col)
             blocks.append(np.stack([((x - mean) / std).fillna(0.0), x.isna().astype(float)], 1))
-        groups = self._groups(df)
+        groups = group_ids(df, self.group_col)
         if self.n_images:
             counts = groups.map(groups.value_counts()).astype(float)
             blocks.append(np.log1p(counts.to_numpy())[:, None])

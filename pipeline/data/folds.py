@@ -9,14 +9,12 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from pipeline.core.errors import DataError, first_few
 from pipeline.core.files import write_csv
-from pipeline.data.tables import read_csv
+from pipeline.data.tables import group_ids, read_csv
 
 
 def make_folds(df: pd.DataFrame, target: str, group: str, n_folds: int, seed: int) -> np.ndarray:
     """Fold index per row; rows without a group id (or all rows, when ``group`` is '') are their own group."""
-    groups = df[group].astype("string") if group else pd.Series(pd.NA, index=df.index, dtype="string")
-    missing = groups.isna()
-    groups = groups.where(~missing, "__row_" + pd.Series(np.arange(len(df)), index=df.index).astype(str))
+    groups = group_ids(df, group)
     fold = np.full(len(df), -1, dtype=np.int64)
     skf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for k, (_, val_idx) in enumerate(skf.split(np.zeros(len(df)), df[target].to_numpy(), groups.to_numpy())):

@@ -88,17 +88,17 @@ def attach_folds(cfg: Config, df: pd.DataFrame) -> None:
     every fold and are never validated."""
     d = cfg.data
     path = fold_table_path(cfg)
-    own = ~df["is_external"].to_numpy()
+    in_folds = ~df["is_external"].to_numpy()
     df["fold"] = -1
-    df.loc[own, "fold"] = load_or_make_folds(df[own].reset_index(drop=True), path, d.id_col, d.target_col,
+    df.loc[in_folds, "fold"] = load_or_make_folds(df[in_folds].reset_index(drop=True), path, d.id_col, d.target_col,
                                              d.group_col, cfg.folds.n_folds, cfg.folds.seed)
-    table = fold_table(df[own], df["fold"][own].to_numpy(), d.target_col, d.group_col or d.id_col)
+    table = fold_table(df[in_folds], df["fold"][in_folds].to_numpy(), d.target_col, d.group_col or d.id_col)
     empty = table.index[table["positives"] == 0].tolist()
     if empty:
         raise DataError(f"{path}: fold(s) {empty} have no positive; AUC is undefined (use fewer folds)")
     print(f"folds from {path}:\n{table.to_string()}")
-    if not own.all():
-        print(f"plus {int((~own).sum())} external training-only rows ({int(df[d.target_col][~own].sum())} positives)")
+    if not in_folds.all():
+        print(f"plus {int((~in_folds).sum())} external training-only rows ({int(df[d.target_col][~in_folds].sum())} positives)")
 
 
 def fit_features(cfg: Config, df: pd.DataFrame, test: pd.DataFrame | None) -> MetaTransform:

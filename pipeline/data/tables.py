@@ -12,6 +12,19 @@ import pandas as pd
 
 from pipeline.core.errors import DataError, first_few
 
+# How tables spell "not known": any of these, stripped and in any case, is a missing value
+# (a category's missing level, a missing number, an unknown diagnosis).
+MISSING_WORDS = frozenset({"", "nan", "unknown", "na", "n/a", "none", "null", "?"})
+
+
+def group_ids(df: pd.DataFrame, group_col: str) -> pd.Series:
+    """Each row's group (the patient) as text; a row without one, or every row when there is no group
+    column, is a group of its singletons (``__row_<position>``)."""
+    singletons = pd.Series("__row_" + pd.Series(np.arange(len(df)), index=df.index).astype(str), index=df.index)
+    if not group_col:
+        return singletons.astype("string")
+    return df[group_col].astype("string").fillna(singletons)
+
 
 def data_path(cfg, name: str) -> Path:
     return Path(cfg.data.root) / name

@@ -33,12 +33,11 @@ from pipeline.core import disk, folders
 from pipeline.core.config import Config, to_dict, to_yaml
 from pipeline.core.errors import ExperimentError, first_few
 from pipeline.core.files import write_csv, write_json, write_text
-from pipeline.experiment.record import RETRAIN, _result_keys, saved_config
+from pipeline.experiment.record import RETRAIN, result_keys, saved_config
 
 # Everything this pipeline writes into an experiment folder (besides fold<k>/ folders); --force
 # deletes nothing else. Hidden ".<name>.tmp<pid>" files are atomic writes in progress or left by a kill.
-OWNED_FILES = re.compile(r"(config\.yaml|env\.json|features\.json|data\.csv|folds\.csv|oof\.csv|roc\.png|"
-                         r"submission\.csv|.*\.lock|.*\.lock\.stale\..*|\..*\.tmp\d*)")
+OWNED_FILES = re.compile("|".join(map(re.escape, folders.EXPERIMENT_FILES)) + r"|.*\.lock|.*\.lock\.stale\..*|\..*\.tmp\d*")
 OWNED_IN_FOLD = re.compile(r"(best\.pt|last\.pt|last\.prev\.pt|.*\.corrupt|log\.csv|val_predictions\.csv|"
                            r"\..*\.tmp\d*)")
 
@@ -87,12 +86,12 @@ def check_config(cfg: Config, force: bool) -> list[str]:
                                   f"{first_few(foreign)}); use another name (name=...) or output_dir")
         return []
     try:
-        saved = _result_keys(to_dict(saved_config(saved_path)))
+        saved = result_keys(to_dict(saved_config(saved_path)))
     except ExperimentError as e:
         if force:
             return ["config.yaml (unreadable)"]
         raise ExperimentError(f"{e}; use a new name (name=...) or --force to start this experiment again") from None
-    now = _result_keys(to_dict(cfg))
+    now = result_keys(to_dict(cfg))
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if diff and not force:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:4])
@@ -105,10 +104,10 @@ def check_config(cfg: Config, force: bool) -> list[str]:
 def write_record(exp: Path, cfg: Config, record: pd.DataFrame, features: dict) -> None:
     """The experiment's description, each file written once (a run that gets here brings the same
     config and data as the files already there)."""
-    own = record[record["fold"] != "-1"]
+    in_folds = record[record["fold"] != "-1"]
     for name, write in [("config.yaml", lambda p: write_text(p, to_yaml(cfg))),
                         ("data.csv", lambda p: write_csv(p, record)),
-                        ("folds.csv", lambda p: write_csv(p, own[[own.columns[0], "fold"]])),
+                        ("folds.csv", lambda p: write_csv(p, in_folds[[in_folds.columns[0], "fold"]])),
                         ("features.json", lambda p: write_json(p, features))]:
         if not (exp / name).exists():
             write(exp / name)

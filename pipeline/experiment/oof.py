@@ -210,8 +210,8 @@ def collect_oof(exp: Path, record: pd.DataFrame | None = None) -> pd.DataFrame:
         raise ExperimentError(f"{exp}: ids predicted by more than one fold: {first_few(dup.unique())}; its folds were "
                               f"trained on different fold tables: train them again (--force)")
     if record is not None:
-        own = record[record["fold"] != "-1"]
-        fold_of = dict(zip(own.iloc[:, 0], own["fold"].astype(int)))
+        in_folds = record[record["fold"] != "-1"]
+        fold_of = dict(zip(in_folds.iloc[:, 0], in_folds["fold"].astype(int)))
         wrong = [i for i, k in zip(ids, oof["fold"]) if fold_of.get(i) != k]
         if wrong:
             raise ExperimentError(f"{exp}: OOF rows outside their fold in folds.csv: {first_few(wrong)}; train those "

@@ -120,16 +120,16 @@ RUN_ONLY_KEYS = {"name", "output_dir", "train.folds", "train.num_workers", "trai
 OOF_KEYS = {"infer.tta"}
 
 
-def _result_keys(d: dict, prefix: str = "", run_only: bool = False) -> dict:
+def result_keys(d: dict, prefix: str = "", run_only: bool = False) -> dict:
     """The keys of a config dict that a training run must keep (all but RUN_ONLY_KEYS, OOF_KEYS included)."""
     out = {}
     for k, v in d.items():
         key = prefix + k
         inside = run_only or key in RUN_ONLY_KEYS
         if isinstance(v, dict) and any(o.startswith(key + ".") for o in OOF_KEYS):
-            out.update(_result_keys(v, key + ".", inside))
+            out.update(result_keys(v, key + ".", inside))
         elif key in OOF_KEYS or not inside:
-            out.update(_result_keys(v, key + ".") if isinstance(v, dict) else {key: v})
+            out.update(result_keys(v, key + ".") if isinstance(v, dict) else {key: v})
     return out
 
 

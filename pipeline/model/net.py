@@ -84,11 +84,11 @@ def file_state(path: str, backbone: nn.Module, name: str) -> dict:
         state = {k[len(PIPELINE_PREFIX):]: v for k, v in state.items()
                  if isinstance(k, str) and k.startswith(PIPELINE_PREFIX)}
         what = f" (its {PIPELINE_PREFIX}* keys)"
-    own = backbone.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith(".num_batches_tracked")]
-    unexpected = [str(k) for k in state if k not in own]
-    misshapen = [f"{k} {_shape(v)} (backbone: {_shape(own[k])})" for k, v in state.items()
-                 if k in own and not (isinstance(v, torch.Tensor) and v.shape == own[k].shape)]
+    expected = backbone.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
+    unexpected = [str(k) for k in state if k not in expected]
+    misshapen = [f"{k} {_shape(v)} (backbone: {_shape(expected[k])})" for k, v in state.items()
+                 if k in expected and not (isinstance(v, torch.Tensor) and v.shape == expected[k].shape)]
     problems = [f"{label} key(s): {first_few(keys, 3)}" for label, keys in
                 (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen)) if keys]
     if problems:
