@@ -17,8 +17,8 @@ What it measures, in one process:
    sync, validation), over full epochs with the image cache warm; the first epoch is a warm-up, the
    rest are timed; validation (tta=1) is timed separately. The figure train.py's own log.csv would
    show for the same epochs (images / train_s) is printed beside it;
-3. raw forward (inference_mode, batches of infer.batch_size: engine.predict runs one view of a batch
-   per forward) and the pipeline's engine.predict
+3. raw forward (inference_mode, batches of infer.batch_size: loop.predict runs one view of a batch
+   per forward) and the pipeline's loop.predict
    with TTA, counting every view;
 4. peak resident memory of this process (ru_maxrss; loader workers are reported apart).
 
@@ -370,7 +370,7 @@ def train_epochs(b: Bench, train_raw: dict, fmt: str, fold=None, epochs: int | N
 
 
 def infer_rounds(b: Bench, infer_raw: dict, model=None, rounds: int | None = None) -> tuple[Tally, list]:
-    """engine.predict with TTA over the validation rows, each batch followed by a raw forward of the
+    """loop.predict with TTA over the validation rows, each batch followed by a raw forward of the
     faster format; the first round is a warm-up. Returns the pipeline's tally (every view counted)
     and the pipeline/raw ratio of each timed round. ``model``: what predicts (an infer.backend's
     runner), by default the fold's model."""
@@ -397,7 +397,7 @@ def infer_rounds(b: Bench, infer_raw: dict, model=None, rounds: int | None = Non
 
 
 def loop_chores(b: Bench, rng: np.random.Generator) -> dict:
-    """The loop's own chores alone, on all threads vs on one (engine.one_thread), alternated:
+    """The loop's own chores alone, on all threads vs on one (runtime.one_thread), alternated:
     {name: (ms on all threads, ms on one)}."""
     rt, t, tta = b.fold.rt, b.cfg.train, b.args.tta
     images_b, meta_b, y_b = next(iter(b.fold.train_loader))

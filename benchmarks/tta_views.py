@@ -14,7 +14,7 @@ trained experiment, an output folder of another kind, data that differs from wha
 trained on (its data.csv: a re-prediction of other rows is no re-prediction).
 
 The predictions are train.py's own path: prepare.prepare, checkpoints.predicting_model (the one way a
-trained fold predicts), engine.predict; the seconds printed are the validation rows' inference time
+trained fold predicts), loop.predict; the seconds printed are the validation rows' inference time
 for each view count.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ from pipeline.experiment.oof import oof_rows  # noqa: E402
 from pipeline.experiment.record import data_changes, missing_record, training_record  # noqa: E402
 from pipeline.report.stats import auc  # noqa: E402
 
-VIEWS = 8  # engine.tta_views: the flips and transposes of a square image
+VIEWS = 8  # loop.tta_views: the flips and transposes of a square image
 
 
 def parse_views(text: str) -> list[int]:

@@ -28,7 +28,7 @@ print(default, keep_freed_memory(), faults())
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 def test_freed_large_tensors_are_reused_without_new_page_faults():
-    # A fresh process, as a training run is when engine.make_runtime applies the setting.
+    # A fresh process, as a training run is when runtime.make_runtime applies the setting.
     out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, capture_output=True, text=True, check=True)
     default, applied, kept = out.stdout.split()
     assert applied == "True"

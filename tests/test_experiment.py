@@ -1,5 +1,5 @@
 """An experiment is what it says it is: checked before anything is written, refused on other data or
-folds, one writer per fold, --force deletes only what the pipeline wrote (pipeline/experiment.py).
+folds, one writer per fold, --force deletes only what the pipeline wrote (pipeline/experiment/).
 
 Most cases go through train.py in a subprocess, as a user would; a module fixture trains one tiny
 experiment (3 folds, 1 epoch) that the tests copy.

@@ -1,4 +1,4 @@
-"""pipeline/oof.py (the OOF table's one layout), pipeline/stats.py (the one AUC and its exact twin) and
+"""pipeline/experiment/oof.py (the OOF table's one layout), pipeline/report/stats.py (the one AUC and its exact twin) and
 tables.check_submission (the one submission check)."""
 from __future__ import annotations
 

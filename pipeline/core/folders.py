@@ -13,10 +13,7 @@ anywhere below one (a folder inside an experiment is a foreign file there, which
 refuses to delete). ``python -m pipeline cv oof/<name>`` drawing the experiment's own ``roc.png`` is
 the one exception: the same picture ``train.py`` draws there.
 
-Before the work starts, a tool also checks that its folder can be written (not on a read-only file
-system, allowed, enough free space where the size is known: ``check_writable``) and that every name
-fits the file system (``check_names``: 255 *bytes*, not characters); a write that still fails for such
-a reason is one line naming the file (``storage_error``, used by ``io.atomic_write``).
+Before the work starts, a tool also checks that its folder can be written (``disk.py``).
 """
 from __future__ import annotations
 

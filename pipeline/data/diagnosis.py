@@ -6,7 +6,7 @@ with fewer than ``data.diagnosis_min_rows`` rows is grouped into ``other``; a mi
 ``unknown`` diagnosis is left out of the diagnosis loss only (code -1). The classes are saved with
 the experiment (``features.json``, key ``diagnosis``), and a test table that has the column is
 checked against them. With ``train.aux_weight > 0`` the model gets a second head, one logit per
-class (pipeline/model.py), trained with cross-entropy (pipeline/mixup.py).
+class (pipeline/model/net.py), trained with cross-entropy (pipeline/model/mixup.py).
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@
     env.json         package versions, device, seed, git commit
     fold<k>/         best.pt, last.pt (while training), log.csv, val_predictions.csv (the fold's
                      predictions of its validation rows, written when the fold is done)
-    fold<k>.lock     while a process trains fold k (pipeline/lock.py)
+    fold<k>.lock     while a process trains fold k (pipeline/core/lock.py)
     oof.csv, roc.png, submission.csv
 
 A run on an existing experiment must bring the same config and the same data (compared with

@@ -103,7 +103,7 @@ def padded(compiled, rt: Runtime, batch: int, n_meta: int, size: int):
     static graph serves every batch. Rows are independent in eval mode (batch norm uses its
     running statistics), so the padding changes nothing. A dynamic batch instead compiled 3
     graphs here (1 row, 2-15 rows, 16 or more: inductor's linear kernels differ)."""
-    with torch.inference_mode():  # as engine.predict runs it: the inputs are inference tensors
+    with torch.inference_mode():  # as loop.predict runs it: the inputs are inference tensors
         x, meta = example(rt, batch, n_meta, size)
         forward(compiled, x, meta, rt)
 
@@ -118,7 +118,7 @@ def padded(compiled, rt: Runtime, batch: int, n_meta: int, size: int):
 
 class Runner:
     """A predicting model behind another engine: called like the module on (image, meta) and
-    returning its logits; ``eval`` and ``probability`` are the module's (engine.predict uses them)."""
+    returning its logits; ``eval`` and ``probability`` are the module's (loop.predict uses them)."""
 
     def __init__(self, model: torch.nn.Module, run, name: str):
         self.model, self.run, self.name = model, run, name

@@ -180,7 +180,7 @@ class ImageMetaNet(nn.Module):
 
 
 def build_model(cfg, n_meta: int, diagnosis=None, pretrained: str | None = None) -> ImageMetaNet:
-    """The configured model; ``diagnosis`` (pipeline/diagnosis.py, None without the diagnosis head)
+    """The configured model; ``diagnosis`` (pipeline/data/diagnosis.py, None without the diagnosis head)
     gives the head its classes."""
     m = cfg.model
     return ImageMetaNet(m.backbone, n_meta if m.use_meta else 0, m.pretrained if pretrained is None else pretrained,

@@ -23,7 +23,7 @@ Methods:
 Members must hold the same rows, in the same folds, with the same targets; their submissions the
 same ids in the same order (the blend's keeps the first member's columns, in its order). An existing
 folder is replaced only when it is a blend (has blend.json), and whole; no blend goes into or below
-an experiment or another tool's folder (pipeline/folders.py).
+an experiment or another tool's folder (pipeline/core/folders.py).
 
 Like with like: a rank or fitted blend is made of per-fold ranks, so the members' pooled AUC printed
 beside it is of their per-fold ranks too (ranking alone lifts a pooled AUC whose folds are on
@@ -85,7 +85,7 @@ def check_members(members: list[Path]) -> None:
 
 def check_blend_folder(out: Path, members: list[Path]) -> None:
     """Only a blend may be replaced: anything else in the way is the user's (an experiment, a member),
-    and a blend goes nowhere inside an experiment or another tool's folder (folders.py)."""
+    and a blend goes nowhere inside an experiment or another tool's folder (core/folders.py)."""
     if out.resolve() in [m.resolve() for m in members]:
         raise ExperimentError(f"{out}: is one of the members; use another --name")
     advice = "use another --name or --output-dir"

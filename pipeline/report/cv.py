@@ -10,7 +10,7 @@ rows and positives per fold, and roc.png in the experiment folder (as before); t
 Several experiments (trained on the same rows and the same folds) print one row each:
 
 - pooled OOF AUC with a 95% percentile interval from a bootstrap of *groups* (the group column of
-  oof.csv, as its header names it: pipeline/oof.py; without one each row is its own group). A
+  oof.csv, as its header names it: pipeline/experiment/oof.py; without one each row is its own group). A
   patient's images are correlated, so resampling rows would pretend there are more independent
   observations than there are and make the interval too narrow.
 - mean +- std of the fold AUCs, and the pooled AUC of per-fold rank-normalised predictions: when it
@@ -31,18 +31,18 @@ The bootstrap uses one numpy Generator seeded by --seed: the same experiments an
 same numbers, and an experiment's interval does not depend on which others it is compared with.
 
 Like with like: experiments on different rows, folds or targets are refused with one line naming both
-folders; when one of them is a rank blend (its pred a rank within each fold: pipeline/blend.py), every
+folders; when one of them is a rank blend (its pred a rank within each fold: pipeline/report/blend.py), every
 experiment's predictions are ranked within each fold before any figure, and the output says so.
 
 Files (all written atomically) go to --out, by default ``<parent of the first experiment>/compare/
 <name>+<name>...`` (``oof/compare/a+b``; ``oof/compare/a`` for one experiment): a new or empty folder
 or an earlier comparison, whose files are replaced (never an experiment, a blend or anything inside
-one: pipeline/folders.py). compare.csv (the comparison table, and the folder's marker), folds.csv
+one: pipeline/core/folders.py). compare.csv (the comparison table, and the folder's marker), folds.csv
 (fold AUCs with intervals), correlation.csv, and unless --no-plot: roc.png, fold_auc.png,
 learning_curves.png, calibration.png, pred_by_class.png and report.html, one self-contained page
 holding the tables and the pictures (inline, no network).
 
-Statistics: pipeline/stats.py; oof.csv: pipeline/oof.py; pictures: pipeline/report.py; options: cli.cv_main.
+Statistics: pipeline/report/stats.py; oof.csv: pipeline/experiment/oof.py; pictures: pipeline/report/figures.py; options: cli.cv_main.
 """
 from __future__ import annotations
 
@@ -181,7 +181,7 @@ def default_out(dirs: list[Path], names: list[str]) -> Path:
 
 def comparison_folder(dirs: list, out: str | Path | None = None, advice: str = "use another --out") -> Path:
     """Where the comparison of ``dirs`` goes (``out``, else ``default_out``), checked before any work:
-    a new or empty folder or an earlier comparison (folders.py), that can be written."""
+    a new or empty folder or an earlier comparison (core/folders.py), that can be written."""
     dirs = [Path(d) for d in dirs]
     out = folders.check_output_folder(Path(out) if out is not None else default_out(dirs, labels(dirs)), "comparison",
                                advice)

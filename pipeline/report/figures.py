@@ -1,5 +1,5 @@
-"""The pictures and the HTML page of a CV report or comparison; the numbers come from pipeline/cv.py
-and pipeline/stats.py.
+"""The pictures and the HTML page of a CV report or comparison; the numbers come from pipeline/report/cv.py
+and pipeline/report/stats.py.
 
     python -m pipeline cv oof/a oof/b --baseline a    # -> oof/compare/a+b/report.html and five PNGs
     python -m pipeline cv oof/a                       # also oof/a/roc.png: each fold's ROC and the pooled one

@@ -5,7 +5,7 @@ load the weights that predict.
 optimizer with Lookahead's slow weights, scheduler, AMP scaler, EMA, loop state) and
 ``last.prev.pt`` (the epoch before, in case ``last.pt`` is damaged); always ``best.pt`` (the weights
 that validated best: the EMA's with ``train.ema``). A finished fold keeps ``best.pt`` only.
-Reading and writing the files themselves (atomic, checksummed, tensors only) is ``io.py``.
+Reading and writing the files themselves (atomic, checksummed, tensors only) is ``model/checkpoint_file.py``.
 
 The functions take the fold being trained (``trainer.Fold``): its ``dir``, ``model``, ``optimizer``,
 ``scheduler``, ``scaler``, ``ema``, ``state`` and ``evaluated`` (the weights validated and saved).

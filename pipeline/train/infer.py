@@ -37,7 +37,7 @@ def trained_config(exp_dir: Path) -> Config:
 def inference_config(cfg: Config, data_overrides: Sequence[str] = ()) -> Config:
     """The trained experiment's config, with this command's ``data.*`` overrides (where its test set
     lies now, e.g. trained here and predicted on Kaggle) and this command's values of the keys that
-    only say how a run is executed (experiment.RUN_ONLY_KEYS: infer.*, workers, cache folder...)."""
+    only say how a run is executed (record.RUN_ONLY_KEYS: infer.*, workers, cache folder...)."""
     trained = to_dict(with_overrides(trained_config(cfg.exp_dir), list(data_overrides)))
     now = to_dict(cfg)
     for key in RUN_ONLY_KEYS:

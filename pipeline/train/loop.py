@@ -70,7 +70,7 @@ def tta_views(images: torch.Tensor, n: int) -> list[torch.Tensor]:
 def predict(model, loader, rt: Runtime, tta: int = 1, desc: str = "predict") -> np.ndarray:
     """Probabilities averaged over ``tta`` views. A forward takes at most one loader batch of images
     (``infer.batch_size``): the views of a batch go through in turn, so that memory does not grow
-    with ``tta`` (and glibc keeps what was freed: engine.keep_freed_memory)."""
+    with ``tta`` (and glibc keeps what was freed: process.keep_freed_memory)."""
     model.eval()
     out = []
     for images, meta, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not rt.progress):

@@ -1,13 +1,14 @@
 """The fold loop: build a fold, run its epochs, finish it; ``train`` runs the folds asked for.
 
-    data = prepare(cfg)                     # pipeline/prepare.py: table, images, folds, features
+    data = prepare(cfg)                     # pipeline/data/prepare.py: table, images, folds, features
     f = build_fold(cfg, data, k)            # model, loaders, optimizer, schedule of fold k
     row = run_epoch(cfg, f, epoch, stop)    # one epoch: train, sync Lookahead, validate
     oof = finish_fold(cfg, data, f)         # best.pt predicts the fold's validation rows
 
-Around it: the experiment folder (``experiment.py``: claim the folds, check and record the run,
-assemble oof.csv), the checkpoints (``checkpoints.py``: save, rotate, resume, repair), the steps
-themselves (``engine.py``), torchrun (``distributed.py``: every rank runs this loop; rank 0 writes).
+Around it: the experiment folder (``experiment/run.py``: claim the folds, check and record the run,
+assemble oof.csv), the checkpoints (``train/checkpoints.py``: save, rotate, resume, repair), the steps
+themselves (``train/loop.py``), torchrun (``train/distributed.py``: every rank runs this loop; rank 0
+writes).
 """
 from __future__ import annotations
 
