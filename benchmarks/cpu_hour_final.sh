@@ -28,7 +28,7 @@ import sys
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
-from pipeline import stats
+from pipeline.report import stats
 sub = pd.read_csv(sys.argv[1])
 meta = pd.read_csv("../shared/data/isic2017/metadata.csv").set_index("image_id")
 y, p = meta.loc[sub["image_id"], "melanoma"].to_numpy(), sub["melanoma"].to_numpy()

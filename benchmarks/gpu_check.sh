@@ -19,7 +19,7 @@ PY=${PY:-.venv/bin/python}
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('device:', torch.cuda.get_device_name())"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-"$PY" -c "from pipeline.sample import generate_sample; generate_sample('$WORK/data')"
+"$PY" -c "from pipeline.data.sample import generate_sample; generate_sample('$WORK/data')"
 COMMON=(data.root="$WORK/data" data.cache_dir="$WORK/cache" output_dir="$WORK/oof" data.generate_sample=false
         folds.n_folds=3 train.epochs=3 model.image_size=96 train.batch_size=32 infer.tta=4)
 time "$PY" train.py "${COMMON[@]}" name=cuda
@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from pipeline import config as C
-from pipeline.infer import make_submission
+from pipeline.core import config as C
+from pipeline.train.infer import make_submission
 
 work = Path(sys.argv[1])
 auc = {n: roc_auc_score(*pd.read_csv(work / "oof" / n / "oof.csv")[["target", "pred"]].T.to_numpy()) for n in ("cuda", "cpu")}

@@ -34,7 +34,7 @@ The ratios use total images over total time; the ratio of per-step medians is pr
 a noise check.
 
 Images: ``--source isic2017`` (../shared/data/isic2017/images, real 256x256 JPEGs; the default when
-present) or ``--source generated`` (synthetic 512x512 JPEGs from pipeline.sample.render_image,
+present) or ``--source generated`` (synthetic 512x512 JPEGs from pipeline.data.sample.render_image,
 written to a temporary folder). The last line is machine-readable::
 
     train_ratio=<pipeline/raw> infer_ratio=<pipeline/raw> peak_rss_mb=<MiB>

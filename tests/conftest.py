@@ -48,7 +48,8 @@ def tiny_cfg(tiny_data, tmp_path):
 
 
 def run_cli(*args, cwd: Path, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    """Run one of the project's entry points in a subprocess, as a user would."""
+    """Run one of the project's entry points in a subprocess, as a user would: for what only a new
+    process shows (a kill, a signal, torchrun, a traceback, the start-up itself)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -72,3 +73,35 @@ def one_torch_thread():
         del os.environ["OMP_NUM_THREADS"]
     else:
         os.environ["OMP_NUM_THREADS"] = env
+
+
+def run_main(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """``run_cli``'s twin in this process: the same script (``train.py``, ``infer.py``) or
+    ``-m pipeline`` runs as ``__main__`` with ``args`` as its command line, in ``cwd``, its output
+    and exit code captured. What a subprocess adds is only the interpreter's start-up and imports
+    (several seconds each on two cores), so the tests of a command's answer use this."""
+    import contextlib
+    import io
+    import runpy
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    script, argv = (args[1], list(args[2:])) if args[0] == "-m" else (str(args[0]), list(args[1:]))
+    old_argv, old_cwd = sys.argv, os.getcwd()
+    sys.argv = [script, *map(str, argv)]
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            if args[0] == "-m":
+                runpy.run_module(script, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            err.write(f"{e.code}\n")
+    finally:
+        sys.argv = old_argv
+        os.chdir(old_cwd)
+    proc = subprocess.CompletedProcess([sys.executable, *map(str, args)], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{args} exited {code}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc

@@ -1,4 +1,4 @@
-"""pipeline.blend: honest CV for fitted weights, the numbers of mean and rank blends, the submission
+"""pipeline.report.blend: honest CV for fitted weights, the numbers of mean and rank blends, the submission
 made like the OOF, and refusals (different rows, foreign folders, bad names). Member experiments are
 made by hand: no training."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_main
 
 import pipeline.report.blend as B
 from pipeline.cli import blend_main
@@ -190,7 +190,7 @@ def test_members_on_other_rows_folds_or_targets_are_refused(tmp_path, change, wo
     a, b = make_members(tmp_path / "oof", noise=(1.0, 2.0))
     changed = change(pd.read_csv(b / "oof.csv", dtype={"image_name": "string"}))
     changed.to_csv(b / "oof.csv", index=False)
-    line = one_error_line(run_cli("-m", "pipeline", "blend", str(a), str(b), "--name", "ab", cwd=ROOT, check=False))
+    line = one_error_line(run_main("-m", "pipeline", "blend", str(a), str(b), "--name", "ab", cwd=ROOT, check=False))
     assert words in line and str(a) in line and str(b) in line
     assert "ISIC_000000" in line  # the first rows are the changed ones
     assert not (tmp_path / "oof" / "ab").exists()
@@ -234,7 +234,7 @@ def test_blend_is_an_experiment_that_cv_reports(tmp_path, capsys):
     printed = capsys.readouterr().out
     blend_line = next(line for line in printed.splitlines() if line.startswith(str(tmp_path / "oof" / "blend")))
     assert all(any(line.startswith(str(m)) for line in printed.splitlines()) for m in members)
-    proc = run_cli("-m", "pipeline", "cv", "oof/blend", "--no-plot", cwd=tmp_path)
+    proc = run_main("-m", "pipeline", "cv", "oof/blend", "--no-plot", cwd=tmp_path)
     pooled = float(proc.stdout.split("pooled OOF AUC ")[1].split()[0])
     assert f"{pooled:.4f}" in blend_line
     # the fitted rank blend undoes member m2's shifted fold: better than any member

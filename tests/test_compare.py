@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_main
 from sklearn.metrics import roc_auc_score
 
 from pipeline.core.errors import PipelineError
@@ -179,7 +179,7 @@ def test_experiments_on_other_rows_are_refused_with_one_line_naming_both_folders
     e = experiments
     fewer = write_experiment(tmp_path / "fewer", e["rows"].iloc[3:], prediction(e["latent"], 1.0, seed=4)[3:],
                              epochs=None)
-    proc = run_cli("-m", "pipeline", "cv", e["a"], fewer, "--no-plot", cwd=ROOT, check=False)
+    proc = run_main("-m", "pipeline", "cv", e["a"], fewer, "--no-plot", cwd=ROOT, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"error: {e['a']} and {fewer} hold different rows (3 ids only in {e['a']}: "
@@ -228,7 +228,7 @@ def test_a_baseline_that_is_not_given_is_refused(experiments):
 def test_comparison_prints_the_table_and_writes_a_self_contained_page(experiments, tmp_path):
     e = experiments
     out = tmp_path / "cmp"
-    proc = run_cli("-m", "pipeline", "cv", e["a"], e["b"], "--baseline", "a", "--bootstrap", "200", "--out", out,
+    proc = run_main("-m", "pipeline", "cv", e["a"], e["b"], "--baseline", "a", "--bootstrap", "200", "--out", out,
                    cwd=ROOT)
     table = pd.read_csv(out / "compare.csv").set_index("experiment")
     b_auc = f"{table.loc['b', 'pooled_auc']:.4f}"
@@ -252,7 +252,7 @@ def test_comparison_prints_the_table_and_writes_a_self_contained_page(experiment
 
 def test_one_experiment_works_as_before(experiments, tmp_path):
     exp = experiments["a"]
-    proc = run_cli("-m", "pipeline", "cv", exp, "--no-plot", "--bootstrap", "100", "--out", tmp_path / "o", cwd=ROOT)
+    proc = run_main("-m", "pipeline", "cv", exp, "--no-plot", "--bootstrap", "100", "--out", tmp_path / "o", cwd=ROOT)
     assert "pooled OOF AUC 0." in proc.stdout and "(300 rows, " in proc.stdout
     assert re.search(r"pooled OOF AUC 95% interval 0\.\d{4} to 0\.\d{4} .*60 'patient_id' groups", proc.stdout)
     assert (tmp_path / "o" / "compare.csv").is_file() and not (exp / "roc.png").exists()

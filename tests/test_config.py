@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_main
 
 from pipeline.core.config import Config, load_config
 from pipeline.core.errors import ConfigError
@@ -59,7 +59,7 @@ def test_yaml_file_then_overrides(tmp_path):
 
 
 def test_help_lists_every_key_with_its_default(tmp_path):
-    out = run_cli(str(ROOT / "train.py"), "--help", cwd=tmp_path).stdout
+    out = run_main(str(ROOT / "train.py"), "--help", cwd=tmp_path).stdout
     lines = {line.split()[0]: line for line in out.splitlines() if "=" in line and line.startswith("  ")}
 
     def walk(obj, prefix=""):
@@ -91,7 +91,7 @@ def test_several_config_files_combine_later_ones_winning(tmp_path):
         load_config([layout, recipe])
     # the command line takes --config more than once
     recipe.write_text("folds:\n  n_folds: 3\n")
-    proc = run_cli(str(ROOT / "train.py"), "--config", str(layout), "--config", str(recipe), "--folds", "4",
+    proc = run_main(str(ROOT / "train.py"), "--config", str(layout), "--config", str(recipe), "--folds", "4",
                    cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "error: train.folds must be fold numbers in 0..2, got [4]" in proc.stderr, proc.stderr
 
@@ -122,7 +122,7 @@ def test_cpu_hour_recipe_trains_on_a_data_layout_from_the_command_line(tiny_data
                                                                  "cache_dir": str(tmp_path / "cache"),
                                                                  "diagnosis_col": diagnosis_col},
                                       "folds": {"n_folds": 3}, "train": {"lr": 0.123, "epochs": 9}}))
-    proc = run_cli(str(ROOT / "train.py"), "--config", str(layout), "--config", str(RECIPE), "--folds", "0",
+    proc = run_main(str(ROOT / "train.py"), "--config", str(layout), "--config", str(RECIPE), "--folds", "0",
                    "model.image_size=32", "train.epochs=1", "infer.tta=1", f"output_dir={tmp_path / 'oof'}",
                    cwd=tmp_path)
     saved = yaml.safe_load((tmp_path / "oof" / "layout" / "config.yaml").read_text())

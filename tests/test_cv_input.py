@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_main
 
 HEADER = "image_name,patient_id,fold,target,pred\n"
 GOOD = HEADER + "".join(f"ISIC_{i},IP_{i // 2},{i % 2},{int(i % 3 == 0)},{i / 10}\n" for i in range(8))
@@ -48,7 +48,7 @@ def test_malformed_oof_is_one_error_line_naming_the_file(tmp_path, case):
         path.write_bytes(content)
     elif content is not None:
         path.write_text(content)
-    proc = run_cli("-m", "pipeline", "cv", str(d), cwd=ROOT, check=False)
+    proc = run_main("-m", "pipeline", "cv", str(d), cwd=ROOT, check=False)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: {path}: ") and proc.stderr.count("\n") == 1, proc.stderr
@@ -59,7 +59,7 @@ def test_good_oof_is_reported(tmp_path):
     d = tmp_path / "exp"
     d.mkdir()
     (d / "oof.csv").write_text(GOOD)
-    proc = run_cli("-m", "pipeline", "cv", str(d), cwd=ROOT, check=False)
+    proc = run_main("-m", "pipeline", "cv", str(d), cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "pooled OOF AUC" in proc.stdout and "(8 rows, 3 positives)" in proc.stdout
     assert (d / "roc.png").is_file()

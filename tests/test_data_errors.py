@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, run_cli, tiny_overrides
+from conftest import ROOT, run_main, tiny_overrides
 from PIL import Image
 
 from pipeline.core import config as C
@@ -103,7 +103,7 @@ def test_cli_missing_train_csv_in_a_folder_of_data_is_one_error_line(data, tmp_p
     (data / "train.csv").rename(data / "labels.csv")
     args = tiny_overrides(data, tmp_path)
     args.remove("data.generate_sample=False")
-    line = one_error_line(run_cli(TRAIN, *args, cwd=tmp_path, check=False))
+    line = one_error_line(run_main(TRAIN, *args, cwd=tmp_path, check=False))
     assert "train.csv" in line and str(data) in line
     assert not (tmp_path / "oof").exists() and not (data / "train.csv").exists()
 
@@ -341,13 +341,13 @@ def cli(tiny_data, tmp_path_factory):
     (run.exp / "oof.csv").write_text(SENTINEL)
     (run.exp / "fold0" / "val_predictions.csv").write_text(SENTINEL)
     run.before = snapshot(run.exp)
-    run.refused = run_cli(TRAIN, *args, cwd=work, check=False)
+    run.refused = run_main(TRAIN, *args, cwd=work, check=False)
     run.after_refusal = snapshot(run.exp)
-    run.forced = run_cli(TRAIN, "--force", "--folds", "0", *args, cwd=work, check=False)
+    run.forced = run_main(TRAIN, "--force", "--folds", "0", *args, cwd=work, check=False)
     sub = read(root / "sample_submission.csv")
     run.only_test = sorted(sub["image_name"][:7])
     sub[7:].to_csv(root / "sample_submission.csv", index=False)
-    run.infer = run_cli(INFER, "--allow-missing-folds", *args, cwd=work, check=False)
+    run.infer = run_main(INFER, "--allow-missing-folds", *args, cwd=work, check=False)
     return run
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, run_cli, tiny_overrides
+from conftest import ROOT, run_main, tiny_overrides
 
 from pipeline.core import config as C
 from pipeline.core.errors import ConfigError, DataError, ExperimentError
@@ -125,8 +125,8 @@ def test_what_is_predicted_and_an_interrupted_fold_resumes_exactly(tiny_cfg, pre
 
 def test_train_and_infer_through_the_cli_with_the_diagnosis_head(tiny_data, tmp_path):
     args = tiny_overrides(tiny_data, tmp_path, **{"train.epochs": 1, **AUX, "model.predict": "mean"})
-    run_cli(str(ROOT / "train.py"), *args, "--folds", "0", cwd=tmp_path)
-    run_cli(str(ROOT / "infer.py"), *args, "--allow-missing-folds", cwd=tmp_path)
+    run_main(str(ROOT / "train.py"), *args, "--folds", "0", cwd=tmp_path)
+    run_main(str(ROOT / "infer.py"), *args, "--allow-missing-folds", cwd=tmp_path)
     sub = pd.read_csv(tmp_path / "oof" / "tiny" / "submission.csv")
     assert sub["target"].between(0, 1).all() and sub["target"].nunique() > 1
 

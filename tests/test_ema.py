@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, run_cli, tiny_overrides
+from conftest import ROOT, run_main, tiny_overrides
 
 from pipeline.data.prepare import prepare
 from pipeline.model.checkpoint_file import load_checkpoint, save_checkpoint
@@ -63,7 +63,7 @@ def test_oof_is_predicted_by_the_best_checkpoint_with_ema(tiny_cfg):
 
 def test_seeds_train_one_experiment_each_and_compare_them(tiny_data, tmp_path):
     args = tiny_overrides(tiny_data, tmp_path, **{"train.epochs": 1})
-    out = run_cli(str(ROOT / "train.py"), *args, "--folds", "0", "--seeds", "3,4", cwd=tmp_path).stdout
+    out = run_main(str(ROOT / "train.py"), *args, "--folds", "0", "--seeds", "3,4", cwd=tmp_path).stdout
     for seed in (3, 4):
         saved = yaml.safe_load((tmp_path / "oof" / f"tiny_seed{seed}" / "config.yaml").read_text())
         assert saved["train"]["seed"] == seed and saved["name"] == f"tiny_seed{seed}"

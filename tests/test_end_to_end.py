@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, run_cli, tiny_overrides
+from conftest import ROOT, run_cli, run_main, tiny_overrides
 from sklearn.metrics import roc_auc_score
 
 TRAIN, INFER = str(ROOT / "train.py"), str(ROOT / "infer.py")
@@ -37,8 +37,8 @@ def train_and_predict(tiny_data, work):
 
     run_cli(TRAIN, "--folds", "0", *args, cwd=work)
     run.oof_fold0 = read(run.dir / "oof.csv")
-    run.missing = run_cli(INFER, *args, cwd=work, check=False)
-    run_cli(INFER, "--allow-missing-folds", *args, cwd=work)
+    run.missing = run_main(INFER, *args, cwd=work, check=False)
+    run_main(INFER, "--allow-missing-folds", *args, cwd=work)
     run.sub_fold0 = read(run.dir / "submission.csv")
 
     run_cli(TRAIN, "--folds", "1,2", *args, cwd=work)
@@ -52,7 +52,7 @@ def train_and_predict(tiny_data, work):
     run.sub = read(run.dir / "submission.csv")
     run.sample = read(tiny_data / "sample_submission.csv")
 
-    run_cli(INFER, *args, "infer.cpu_bf16=true", cwd=work)
+    run_main(INFER, *args, "infer.cpu_bf16=true", cwd=work)
     run.sub_bf16 = read(run.dir / "submission.csv")
 
     # Predict a copy of the data elsewhere (as on Kaggle): data.root at inference points there; its
@@ -60,7 +60,7 @@ def train_and_predict(tiny_data, work):
     moved = work / "moved"
     shutil.copytree(tiny_data, moved)
     run.sample.iloc[::-1].to_csv(moved / "sample_submission.csv", index=False)
-    run_cli(INFER, *args, f"data.root={moved}", cwd=work)
+    run_main(INFER, *args, f"data.root={moved}", cwd=work)
     run.sub_moved = read(run.dir / "submission.csv")
     return run
 

@@ -12,7 +12,7 @@ from pipeline.train.loop import tta_views
 
 SCRIPT = """
 import resource, torch
-from pipeline.engine import keep_freed_memory
+from pipeline.train.process import keep_freed_memory
 
 def faults():
     torch.ones(16 << 20)  # 64 MiB, allocated and freed once first

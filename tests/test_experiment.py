@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from conftest import ROOT, only, run_cli, tiny_overrides
+from conftest import ROOT, only, run_cli, run_main, tiny_overrides
 
 from pipeline.core import config as C
 from pipeline.core.errors import DataError, ExperimentError
@@ -131,7 +131,7 @@ def test_a_rerun_on_changed_data_is_refused_and_touches_nothing(copy, change):
     exp = work / "oof" / "tiny"
     says = change(data)
     before = snapshot(exp)
-    line = one_error_line(run_cli(TRAIN, *args(data, work), cwd=work, check=False))
+    line = one_error_line(run_main(TRAIN, *args(data, work), cwd=work, check=False))
     assert f"{exp} was trained on other data: " in line and says in line, line
     assert "name=..." in line and "--force" in line
     assert snapshot(exp) == before  # features.json, oof.csv and the rest as they were
@@ -155,7 +155,7 @@ def test_a_deleted_data_record_is_refused_and_force_trains_again(copy, capsys):
     exp = work / "oof" / "tiny"
     (exp / "data.csv").unlink()
     before = snapshot(exp)
-    line = one_error_line(run_cli(TRAIN, *args(data, work), cwd=work, check=False))
+    line = one_error_line(run_main(TRAIN, *args(data, work), cwd=work, check=False))
     assert line == (f"error: {exp}: data.csv (the record of the data its folds were trained on) is missing, so this "
                     f"run's data cannot be checked against its folds; use a new name (name=...) or --force to delete "
                     f"its results and train again")
@@ -205,7 +205,7 @@ def test_a_bad_fold_cell_is_one_error_line(copy, cell):
     folds = pd.read_csv(table, dtype="string")
     folds.loc[4, "fold"] = cell
     folds.to_csv(table, index=False)
-    line = one_error_line(run_cli(TRAIN, *args(data, work), cwd=work, check=False))
+    line = one_error_line(run_main(TRAIN, *args(data, work), cwd=work, check=False))
     assert line.startswith(f"error: {table}: ") and folds["image_name"][4] in line, line
 
 
@@ -223,7 +223,7 @@ def test_a_bad_fold_cell_is_one_error_line(copy, cell):
 def test_config_errors_leave_no_trace_and_the_corrected_command_runs(tiny_data, tmp_path, extra, cli, says):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("*_folds*.csv"))
-    line = one_error_line(run_cli(TRAIN, *args(data, tmp_path, **extra), *cli, cwd=tmp_path, check=False))
+    line = one_error_line(run_main(TRAIN, *args(data, tmp_path, **extra), *cli, cwd=tmp_path, check=False))
     assert says in line, line
     assert not (tmp_path / "oof").exists() or not any((tmp_path / "oof").iterdir())
     # nothing of the failed command stands in the way (no config.yaml "of another experiment")
@@ -236,7 +236,7 @@ def test_a_name_that_is_not_a_plain_folder_name_is_refused_even_with_force(train
     shutil.copytree(trained.cfg.exp_dir, out / "tiny")
     (out / "notes.txt").write_text("mine")
     before = snapshot(out)
-    line = one_error_line(run_cli(TRAIN, *args(trained.data, tmp_path, name=name), "--force", cwd=tmp_path,
+    line = one_error_line(run_main(TRAIN, *args(trained.data, tmp_path, name=name), "--force", cwd=tmp_path,
                                   check=False))
     assert "name must be a plain folder name" in line
     assert snapshot(out) == before
@@ -324,7 +324,7 @@ def test_folds_trained_by_parallel_processes_give_the_same_oof_as_one_process(tr
 # --- errors that are bugs keep their traceback --------------------------------------------------
 
 def test_cli_prints_one_line_for_pipeline_errors_and_a_traceback_for_bugs(tmp_path):
-    code = ("import sys; from pipeline.cli import run; from pipeline.errors import DataError\n"
+    code = ("import sys; from pipeline.cli import run; from pipeline.core.errors import DataError\n"
             "def main():\n    raise {}('the message')\nrun(main)")
     user = run_cli("-c", code.format("DataError"), cwd=tmp_path, check=False)
     assert user.returncode == 2 and user.stderr == "error: the message\n"

@@ -1,7 +1,7 @@
 """Disk faults and changed inputs around a trained experiment (issue 19; docs/bad-input.md, "The
 experiment tools under misuse and faults"): a read-only or full disk is refused before the long work
 with one line naming the folder, a write that still fails leaves nothing half-written, the tools
-that read a trained experiment (infer.py, tta_views.py, pipeline.cv) notice what changed.
+that read a trained experiment (infer.py, tta_views.py, python -m pipeline cv) notice what changed.
 
 Faults are simulated in-process, as this suite runs as root as often as not (permissions do not stop
 root): ``os.statvfs`` says a folder's file system is read-only, ``os.access`` refuses, ``shutil.
@@ -191,7 +191,7 @@ def test_a_lock_on_a_read_only_folder_is_one_line(tmp_path, monkeypatch):
 def test_infer_on_a_read_only_experiment_is_refused_before_predicting(trained, monkeypatch):
     def predicted(cfg):
         raise AssertionError("the test set was cached and predicted first")
-    monkeypatch.setattr(I, "test_inputs", predicted)
+    monkeypatch.setattr(I, "prepare_test", predicted)
     read_only(monkeypatch, trained.exp)
     with pytest.raises(StorageError, match=f"^{trained.exp}: cannot write submission.csv \\(Read-only file system\\); "
                                            f"copy the experiment to a disk that can be written"):

@@ -7,7 +7,7 @@ import ast
 import subprocess
 import sys
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_main
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import house  # noqa: E402
@@ -46,6 +46,6 @@ def test_the_reporting_layer_imports_without_torch_or_the_command_line():
 def test_python_m_pipeline_names_its_subcommands(tmp_path):
     proc = run_cli("-m", "pipeline", "nothing", cwd=ROOT, check=False)
     assert proc.returncode == 1 and "usage: python -m pipeline {cv,blend,sample}" in proc.stderr
-    run_cli("-m", "pipeline", "sample", str(tmp_path / "s"), "--n-train-patients", "2", "--n-test-patients", "1",
+    run_main("-m", "pipeline", "sample", str(tmp_path / "s"), "--n-train-patients", "2", "--n-test-patients", "1",
             "--image-size", "32", cwd=ROOT)
     assert (tmp_path / "s" / "train.csv").is_file()

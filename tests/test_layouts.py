@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, SHARED_DATA, run_cli
+from conftest import ROOT, SHARED_DATA, run_main
 from PIL import Image
 
 from pipeline.core import config as C
@@ -88,8 +88,8 @@ def kaggle(tiny_data, tmp_path_factory):
         shutil.copytree(tiny_data / part, root / "jpeg" / part)
     args = ["--config", str(CONFIGS / "kaggle2020.yaml"), *overrides(root, work)]
     run = SimpleNamespace(root=root, exp=work / "oof" / "kaggle2020")
-    run.train = run_cli(str(ROOT / "train.py"), *args, cwd=work)
-    run.infer = run_cli(str(ROOT / "infer.py"), *args, cwd=work)
+    run.train = run_main(str(ROOT / "train.py"), *args, cwd=work)
+    run.infer = run_main(str(ROOT / "infer.py"), *args, cwd=work)
     return run
 
 

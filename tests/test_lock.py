@@ -59,7 +59,7 @@ def test_live_child_holds_until_killed(tmp_path, capsys):
     path, ready = tmp_path / "fold0.lock", tmp_path / "ready"
     child = spawn(f"""
         import time
-        from pipeline.lock import Lock
+        from pipeline.core.lock import Lock
         Lock({str(path)!r}, "fold 0").acquire()
         open({str(ready)!r}, "w").close()
         time.sleep(60)
@@ -129,8 +129,8 @@ def test_concurrent_contenders_one_wins(tmp_path):
     path, go = tmp_path / "fold0.lock", tmp_path / "go"
     children = [spawn(f"""
         import os, sys, time
-        from pipeline.errors import LockedError
-        from pipeline.lock import Lock
+        from pipeline.core.errors import LockedError
+        from pipeline.core.lock import Lock
         open({str(tmp_path / 'ready')!r} + str(os.getpid()), "w").close()
         while not os.path.exists({str(go)!r}):
             time.sleep(0.001)
@@ -170,7 +170,7 @@ def test_exit_and_fork(tmp_path):
     # sys.exit without release: the atexit handler removes the lock
     child = spawn(f"""
         import sys
-        from pipeline.lock import Lock
+        from pipeline.core.lock import Lock
         Lock({str(path)!r}, "fold 0").acquire()
         sys.exit(3)
     """)

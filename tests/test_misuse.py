@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, run_cli, tiny_overrides
+from conftest import ROOT, run_main, tiny_overrides
 
 from pipeline import cli
 from pipeline.core import config as C, folders
@@ -278,7 +278,7 @@ def test_overrides_that_are_not_key_values_are_one_line(overrides):
 
 def test_the_train_command_says_one_line_for_a_latin1_config(tmp_path):
     (tmp_path / "c.yaml").write_bytes(CONFIGS["latin-1"][0])
-    proc = run_cli(str(ROOT / "train.py"), "--config", "c.yaml", "train=1", "train.epochs=2", cwd=tmp_path, check=False)
+    proc = run_main(str(ROOT / "train.py"), "--config", "c.yaml", "train=1", "train.epochs=2", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: c.yaml: not UTF-8 text") and not (tmp_path / "oof").exists()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_main
 from sklearn.metrics import roc_auc_score
 
 from pipeline.core.errors import DataError
@@ -55,7 +55,7 @@ def test_an_extra_column_is_refused_by_the_report_too(tmp_path):
     d = tmp_path / "exp"
     d.mkdir()
     write(d, "image_name,patient_id,fold,target,pred,site", [r + ",head" for r in ROWS])
-    proc = run_cli("-m", "pipeline", "cv", str(d), "--no-plot", cwd=ROOT, check=False)
+    proc = run_main("-m", "pipeline", "cv", str(d), "--no-plot", cwd=ROOT, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith(f"error: {d / 'oof.csv'}: expected the columns ") and proc.stderr.count("\n") == 1
 

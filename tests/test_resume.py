@@ -16,8 +16,7 @@ import pytest
 from conftest import ROOT, only, tiny_overrides
 
 from pipeline.core.config import to_yaml
-from pipeline.core.errors import ExperimentError
-from pipeline.core.files import CheckpointError
+from pipeline.core.errors import CheckpointError, ExperimentError
 from pipeline.data.prepare import prepare
 from pipeline.experiment.folder import check_config
 from pipeline.model.checkpoint_file import load_checkpoint, save_checkpoint

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from pipeline.core.config import load_config
-from pipeline.core.errors import ConfigError, ExperimentError
-from pipeline.core.files import CheckpointError, atomic_write, write_text
+from pipeline.core.errors import CheckpointError, ConfigError, ExperimentError
+from pipeline.core.files import atomic_write, write_text
 from pipeline.experiment.environment import record_environment
 from pipeline.experiment.folder import check_config
 from pipeline.model.checkpoint_file import load_checkpoint, save_checkpoint

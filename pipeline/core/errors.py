@@ -33,7 +33,7 @@ class CheckpointError(PipelineError):
 
 
 class StorageError(PipelineError):
-    """A folder cannot be written: read-only, not allowed, or too little free space (pipeline/core/folders.py)."""
+    """A folder cannot be written: read-only, not allowed, or too little free space (pipeline/core/disk.py)."""
 
 
 class Interrupted(Exception):

@@ -71,5 +71,3 @@ def write_json(path, obj) -> Path:
 
 def write_csv(path, df: pd.DataFrame) -> Path:
     return atomic_write(path, lambda p: df.to_csv(p, index=False))
-
-

@@ -96,5 +96,3 @@ def check_output_folder(folder: str | Path, folder_kind: str, advice: str) -> Pa
             raise ExperimentError(f"{folder}: exists and is not {article(folder_kind)} (no {MARKERS[folder_kind]}; it holds {first_few(held)}); "
                                   f"{advice}")
     return folder
-
-

@@ -114,5 +114,3 @@ def build_cache(paths: list[Path], size: int, cache_dir: Path, desc: str = "cach
         write_json(info_path, info)
     info = json.loads(info_path.read_text())
     return ImageCache(np.load(target, mmap_mode="r"), {int(k): v for k, v in info["bad"].items()}, info["digests"])
-
-

@@ -3,7 +3,8 @@ the folds, the fitted meta features; every data problem surfaces here.
 
     data = prepare(cfg)     # -> TrainData: table (with 'fold' and 'cache_row'), image cache, meta
 
-Also what the folds read from it: the loader of some of its rows, their OOF table rows.
+Also what the folds read from it: the targets, and the loader of some of its rows (their OOF rows:
+experiment/oof.py).
 """
 from __future__ import annotations
 
@@ -161,5 +162,3 @@ def eval_loader(cfg: Config, data: TrainData, idx: np.ndarray, pin_memory: bool 
     what validation and OOF prediction read."""
     ds = ImageMetaDataset(data.images, data.df["cache_row"].to_numpy()[idx], data.meta[idx], targets(cfg, data)[idx])
     return make_loader(ds, cfg.infer.batch_size, False, cfg.train.num_workers, pin_memory=pin_memory)
-
-

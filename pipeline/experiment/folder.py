@@ -141,5 +141,3 @@ def delete_fold(exp: Path, fold: int) -> None:
     print(f"--force: deleting {d}/ ({', '.join(sorted(q.name for q in d.iterdir()))}) to train fold {fold} again",
           file=sys.stderr)
     shutil.rmtree(d)
-
-

@@ -78,5 +78,3 @@ def one_thread(rt: Runtime):
 def forward(model, x: torch.Tensor, meta: torch.Tensor, rt: Runtime) -> torch.Tensor:
     with rt.autocast():
         return model(x, meta.to(rt.device, non_blocking=True)).float()
-
-

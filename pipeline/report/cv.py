@@ -4,7 +4,7 @@
     python -m pipeline cv oof/a oof/b oof/c --baseline a [--bootstrap 1000] [--seed 0] [--out DIR] [--no-plot]
 
 One experiment: AUC per fold, the mean and standard deviation of the fold AUCs, the pooled OOF AUC,
-rows and positives per fold, and roc.png in the experiment folder (as before); then the pooled AUC's
+rows and positives per fold, and roc.png in the experiment folder; then the pooled AUC's
 95% interval, the pooled AUC of per-fold ranks and the training effort from the folds' log.csv.
 
 Several experiments (trained on the same rows and the same folds) print one row each:
