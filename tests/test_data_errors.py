@@ -2,7 +2,7 @@
 the column and the rows (the first few and their count); the CLI prints ``error: ...`` and exits 2.
 
 Each test copies the session's tiny sample into tmp_path and breaks one thing. Most call the library
-(``trainer.train`` / ``tables``) directly; a few go through train.py / infer.py in a subprocess.
+(``trainer.train`` / ``tables``) directly; a few run train.py / infer.py themselves (conftest.run_main).
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""End to end through the real command lines, in subprocesses, on the tiny generated sample.
+"""End to end through the real command lines on the tiny generated sample: train.py, infer.py and
+``python -m pipeline cv`` each run as a user runs them, in a subprocess, at least once; the further
+predictions of the same experiment (missing folds, bf16, the data moved) run the same scripts in
+this process (conftest.run_main).
 
 One experiment is trained once for the module (fold 0, then folds 1,2) and every assertion reads
 its files; the partial state after fold 0 is checked on the way.

@@ -60,6 +60,15 @@ def test_rows_without_group_are_their_own_group():
     assert len(set(lonely)) == 5
 
 
+def test_more_folds_than_patients_is_one_error_line_and_writes_no_table(tmp_path):
+    df = make_table(n_patients=30)
+    path = tmp_path / "folds.csv"
+    with pytest.raises(DataError, match=re.escape(f"{path}: cannot make 500 folds of {len(df)} training rows (")
+                       + r".*\); use fewer folds \(folds.n_folds\)$"):
+        load_or_make_folds(df, path, "image_name", "target", "patient_id", 500, seed=42)
+    assert not path.exists()
+
+
 def test_saved_fold_table_is_reused(tmp_path):
     df = make_table()
     path = tmp_path / "folds.csv"
