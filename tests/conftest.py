@@ -105,3 +105,20 @@ def run_main(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     if check and code != 0:
         raise AssertionError(f"{args} exited {code}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
     return proc
+
+
+def one_error_line(proc, alone: bool = False) -> str:
+    """A command's answer to bad input: exit 2 and one line 'error: ...', last on stderr (after any
+    progress bars; with ``alone``, nothing else), no traceback. Returns that line."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert [x for x in lines if x.startswith("error: ")] == lines[-1:], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and (len(lines) == 1 or not alone), proc.stderr[-2000:]
+    return lines[-1]
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under ``folder`` with its bytes and mtime, and every folder: what a refused command
+    must leave as it was."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
+            for p in sorted(Path(folder).rglob("*"))}

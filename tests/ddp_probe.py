@@ -6,8 +6,7 @@ import sys
 
 from pipeline.core import config as C
 from pipeline.data.prepare import prepare
-from pipeline.train import loop
-from pipeline.train import distributed as D, trainer as T
+from pipeline.train import distributed as D, loop, trainer as T
 
 dist = D.init()
 cfg = C.load_config(None, sys.argv[1:])

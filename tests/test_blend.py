@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, run_main
+from conftest import ROOT, one_error_line, run_main
 
 import pipeline.report.blend as B
 from pipeline.cli import blend_main
@@ -164,12 +164,6 @@ def test_mean_and_rank_blends_match_hand_computed_numbers(tmp_path, method, oof_
 
 # -- refusals through the command line ----------------------------------------------------------------
 
-def one_error_line(proc) -> str:
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
-
 
 def _drop_rows(t):
     return t.iloc[5:]
@@ -190,7 +184,8 @@ def test_members_on_other_rows_folds_or_targets_are_refused(tmp_path, change, wo
     a, b = make_members(tmp_path / "oof", noise=(1.0, 2.0))
     changed = change(pd.read_csv(b / "oof.csv", dtype={"image_name": "string"}))
     changed.to_csv(b / "oof.csv", index=False)
-    line = one_error_line(run_main("-m", "pipeline", "blend", str(a), str(b), "--name", "ab", cwd=ROOT, check=False))
+    proc = run_main("-m", "pipeline", "blend", str(a), str(b), "--name", "ab", cwd=ROOT, check=False)
+    line = one_error_line(proc, alone=True)
     assert words in line and str(a) in line and str(b) in line
     assert "ISIC_000000" in line  # the first rows are the changed ones
     assert not (tmp_path / "oof" / "ab").exists()

@@ -1,7 +1,7 @@
 """docs/bad-input.md cites, for each row, the tests that hold it; this module keeps the citations true.
 
 Pure parsing (``ast`` over tests/*.py): no test is imported or run. For every row of a table whose last
-column is headed "Test" (the table of misuse tried by hand has no such column and is not read):
+column is headed "Test" (every table of the document has one, the "Further misuse" one included):
 
 1. References. The Test cell is exactly ``none (tried by hand)`` (UNTESTED), or holds backticked
    references, each one of ``test_name``, ``test_name[id|id]``, ``tests/test_x.py::test_name[id]``,

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, run_main, tiny_overrides
+from conftest import ROOT, one_error_line, run_main, snapshot, tiny_overrides
 from PIL import Image
 
 from pipeline.core import config as C
@@ -55,11 +55,6 @@ def read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"image_name": "string", "patient_id": "string"})
 
 
-def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def fails_before_training(cfg: C.Config, *parts: str) -> str:
     """train() on an existing experiment (same config, a sentinel oof.csv) must raise DataError with a
     one-line message containing ``parts``, and leave every file of the experiment as it was."""
@@ -80,14 +75,6 @@ def fails_before_training(cfg: C.Config, *parts: str) -> str:
     return msg
 
 
-def one_error_line(proc) -> str:
-    """The CLI's answer to bad input: exit 2, one line 'error: ...' on stderr, no traceback."""
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
-    return lines[0]
-
-
 # ---------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------
@@ -103,7 +90,7 @@ def test_cli_missing_train_csv_in_a_folder_of_data_is_one_error_line(data, tmp_p
     (data / "train.csv").rename(data / "labels.csv")
     args = tiny_overrides(data, tmp_path)
     args.remove("data.generate_sample=False")
-    line = one_error_line(run_main(TRAIN, *args, cwd=tmp_path, check=False))
+    line = one_error_line(run_main(TRAIN, *args, cwd=tmp_path, check=False), alone=True)
     assert "train.csv" in line and str(data) in line
     assert not (tmp_path / "oof").exists() and not (data / "train.csv").exists()
 
@@ -352,7 +339,7 @@ def cli(tiny_data, tmp_path_factory):
 
 
 def test_cli_refuses_an_output_folder_of_another_experiment(cli):
-    line = one_error_line(cli.refused)
+    line = one_error_line(cli.refused, alone=True)
     assert f"{cli.exp / 'config.yaml'} holds a different experiment" in line
     assert "model.image_size: 48 -> 32" in line and "--force" in line
     assert cli.after_refusal == cli.before
@@ -368,7 +355,7 @@ def test_cli_force_replaces_the_other_experiment(cli):
 
 
 def test_cli_infer_refuses_test_ids_that_differ_from_sample_submission(cli):
-    line = one_error_line(cli.infer)
+    line = one_error_line(cli.infer, alone=True)
     assert f"{cli.root / 'sample_submission.csv'}: ids differ from {cli.root / 'test.csv'}" in line
     assert "only in the submission" not in line and "7 only in the test table: " in line
     assert all(i in line for i in cli.only_test[:5]) and "(7 in all)" in line

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from conftest import ROOT, only, run_cli, run_main, tiny_overrides
+from conftest import ROOT, one_error_line, only, run_cli, run_main, snapshot, tiny_overrides
 
 from pipeline.core import config as C
 from pipeline.core.errors import DataError, ExperimentError
@@ -36,22 +36,8 @@ def one_thread(one_torch_thread):
     yield
 
 
-def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def args(data: Path, work: Path, **extra) -> list[str]:
     return tiny_overrides(data, work, **{"train.epochs": 1, **extra})
-
-
-def one_error_line(proc) -> str:
-    """Exit 2 and one line 'error: ...' last on stderr (after any progress bars), no traceback."""
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert [x for x in lines if x.startswith("error: ")] == lines[-1:], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    return lines[-1]
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,14 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, tiny_overrides
+from conftest import ROOT, snapshot, tiny_overrides
 
-from pipeline.model import checkpoint_file as pio
 from pipeline.core.config import load_config
 from pipeline.core.errors import DataError, StorageError
 from pipeline.data.cache import build_cache
 from pipeline.data.tables import load_test
 from pipeline.experiment.run import fold_lock
+from pipeline.model import checkpoint_file as pio
 from pipeline.report import cv
 from pipeline.train import infer as I, trainer as T
 
@@ -58,10 +58,6 @@ def not_allowed(monkeypatch, folder) -> None:
 
 def full_disk(monkeypatch, free: int = 1000) -> None:
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - free, free))
-
-
-def snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, run_main, tiny_overrides
+from conftest import ROOT, run_main, snapshot, tiny_overrides
 
 from pipeline import cli
 from pipeline.core import config as C, folders
@@ -23,11 +23,6 @@ from pipeline.train import distributed as D, trainer as T
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import tta_views  # noqa: E402
-
-
-def snapshot(root: Path) -> dict:
-    """Every file under ``root`` with its bytes, and every folder: what a refused command leaves as it was."""
-    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
 
 
 def oof_rows(seed: int = 0, n: int = 90, folds: int = 3) -> pd.DataFrame:

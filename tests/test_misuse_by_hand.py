@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from conftest import ROOT, run_main, tiny_overrides
+from conftest import ROOT, one_error_line, run_main, snapshot, tiny_overrides
 
 from pipeline.core import config as C, lock
 from pipeline.train import trainer as T
@@ -31,22 +31,6 @@ def one_thread(one_torch_thread):
 def args(data: Path, work: Path, **extra) -> list[str]:
     """The tiny experiment's overrides, with oof/ relative to the work folder (the commands run there)."""
     return tiny_overrides(data, work, **{"train.epochs": 1, "output_dir": "oof", **extra})
-
-
-def one_error_line(proc) -> str:
-    """Exit 2 and one line 'error: ...' last on stderr (after any progress bars), no traceback."""
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert [x for x in lines if x.startswith("error: ")] == lines[-1:], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    return lines[-1]
-
-
-def snapshot(folder: Path) -> dict:
-    """Every file under ``folder`` with its bytes and mtime, and every folder: what a refused command
-    must leave as it was."""
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
-            for p in sorted(folder.rglob("*"))}
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +65,9 @@ CONFIG_ERRORS = {  # id: (files made in the work folder, command line, its one e
     "no_value": ({}, ["train.epochs="],
                  "error: config key 'train.epochs' expects int, got '' (in the command-line overrides)"),
     "no_equals": ({}, ["train.epochs", "3"],
-                  "error: override 'train.epochs' is not of the form section.key=value (in the command-line overrides)"),
-    "config_missing": ({}, ["--config", "nothere.yaml"], "error: nothere.yaml: config file not found: nothere.yaml"),
+                  "error: override 'train.epochs' is not of the form section.key=value "
+                  "(in the command-line overrides)"),
+    "config_missing": ({}, ["--config", "nothere.yaml"], "error: nothere.yaml: config file not found"),
     "config_list": ({"list.yaml": "- train\n- model\n"}, ["--config", "list.yaml"],
                     "error: list.yaml: the top level must be a mapping of sections"),
     "meta_hidden": ({}, ["model.meta_hidden=[64]"],
@@ -110,8 +95,8 @@ def test_infer_before_any_training_says_no_trained_experiment_and_writes_nothing
 def test_an_output_dir_that_is_a_file_is_refused_before_the_data_is_read(tiny_data, tmp_path):
     (tmp_path / "afile").write_text("mine\n")
     line = one_error_line(run_main(TRAIN, *args(tiny_data, tmp_path, output_dir="afile"), cwd=tmp_path, check=False))
-    assert line == ("error: afile/tiny: cannot write the experiment (afile is a file, not a folder); "
-                    "use another output_dir")
+    assert line == (f"error: afile/tiny: cannot write the experiment ({tmp_path / 'afile'} is a file, not a "
+                    f"folder); use another output_dir")  # the file as an absolute path
     assert [p.name for p in tmp_path.iterdir()] == ["afile"] and (tmp_path / "afile").read_text() == "mine\n"
 
 
@@ -175,6 +160,12 @@ def test_infer_with_folds_not_trained_names_them_and_writes_nothing(copy):
     assert snapshot(work) == before  # no submission.csv, no test cache
 
 
+def record_of(exp: Path) -> dict:
+    """What an experiment's record is: its description and its folds' models (bytes and mtimes)."""
+    record = ["config.yaml", "data.csv", "folds.csv", "features.json"] + [f"fold{k}/best.pt" for k in range(3)]
+    return {k: v for k, v in snapshot(exp).items() if k in record}
+
+
 def accepted(proc, exp: Path, before: dict) -> None:
     """train.py took the run as the same experiment: every fold done already, its record as it was."""
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -183,13 +174,7 @@ def accepted(proc, exp: Path, before: dict) -> None:
     assert "was trained on other data" not in proc.stderr and "different experiment" not in proc.stderr
 
 
-def record_of(exp: Path) -> dict:
-    """What an experiment's record is: its description and its folds' models (bytes and mtimes)."""
-    record = ["config.yaml", "data.csv", "folds.csv", "features.json"] + [f"fold{k}/best.pt" for k in range(3)]
-    return {k: v for k, v in snapshot(exp).items() if k in record}
-
-
-def test_shuffled_rows_an_unused_column_and_touched_images_are_accepted_as_the_same_experiment(copy):
+def test_shuffled_rows_an_unused_column_and_touched_images_are_accepted_as_the_same_experiment(trained, copy):
     data, work = copy
     exp = work / "oof" / "tiny"
     other = work / "elsewhere"
@@ -199,7 +184,9 @@ def test_shuffled_rows_an_unused_column_and_touched_images_are_accepted_as_the_s
     later = time.time() + 60
     for image in (other / "train").iterdir():
         os.utime(image, (later, later))
+    shutil.copytree(trained.work / "cache", work / "cache")  # the cache the experiment was trained with
     before, caches = record_of(exp), set((work / "cache").glob("train_*.npy"))
+    assert len(caches) == 1
     accepted(run_main(TRAIN, *args(other, work), cwd=work, check=False), exp, before)
     rebuilt = set((work / "cache").glob("train_*.npy")) - caches
     assert len(rebuilt) == 1  # the image cache is rebuilt (new paths and mtimes) ...

@@ -2,7 +2,6 @@
 tables.check_submission (the one submission check)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest

@@ -318,7 +318,7 @@ def read_yaml(path: str | Path) -> dict:
         if path.is_dir():
             raise ConfigError(f"{path}: a folder, not a config file")
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise ConfigError(f"{path}: config file not found")
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
