@@ -15,6 +15,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory) -> Path:
+    """One cache folder (``data.cache_dir``) for the session's compiled runs, its ``inductor/`` also
+    inductor's cache for compiles in this process and in subprocesses that do not set their own:
+    a graph that several tests compile (the tiny model's training and validation step) is built
+    once. Each compile of a new graph costs tens of seconds on two cores."""
+    folder = tmp_path_factory.getbasetemp() / "compile_cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(folder / "inductor"))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A small copy of the bundled sample layout: ~120 training images, 48 px."""
@@ -85,7 +97,7 @@ def run_main(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     import runpy
     out, err, code = io.StringIO(), io.StringIO(), 0
     script, argv = (args[1], list(args[2:])) if args[0] == "-m" else (str(args[0]), list(args[1:]))
-    old_argv, old_cwd = sys.argv, os.getcwd()
+    old_argv, old_cwd, old_env = sys.argv, os.getcwd(), dict(os.environ)
     sys.argv = [script, *map(str, argv)]
     os.chdir(cwd)
     try:
@@ -98,9 +110,11 @@ def run_main(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProces
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if not isinstance(e.code, (int, type(None))):
             err.write(f"{e.code}\n")
-    finally:
+    finally:  # what the command set for its process (inductor's cache folder) ends with it
         sys.argv = old_argv
         os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(old_env)
     proc = subprocess.CompletedProcess([sys.executable, *map(str, args)], code, out.getvalue(), err.getvalue())
     if check and code != 0:
         raise AssertionError(f"{args} exited {code}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")

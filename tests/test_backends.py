@@ -119,14 +119,15 @@ def test_a_model_that_does_not_compile_runs_eager_with_one_warning(monkeypatch, 
 
 
 @pytest.fixture(scope="module")
-def compiled_runs(tiny_data, tmp_path_factory):
+def compiled_runs(tiny_data, tmp_path_factory, compile_cache):
     """The same compiled fold (with EMA and 2 micro-batches per step) twice: once uninterrupted,
-    once killed after its first epoch was saved and run again. Both share one image cache, so
-    inductor's on-disk cache (under it) serves the later compiles."""
+    once killed after its first epoch was saved and run again. Both share one image cache (the
+    session's compile cache), so inductor's on-disk cache (under it) serves the later compiles."""
     work = tmp_path_factory.mktemp("compiled")
 
     def args(name):
         return [str(ROOT / "train.py"), *tiny_overrides(tiny_data, work, **{
+            "data.cache_dir": str(compile_cache),
             "name": name, "model.backbone": TINY, "model.pretrained": "none", "train.compile": True,
             "train.epochs": 4, "train.patience": 5, "folds.n_folds": 2, "train.ema": True,
             "train.accumulate": 2}), "--folds", "0"]
@@ -145,7 +146,7 @@ def compiled_runs(tiny_data, tmp_path_factory):
     proc.wait()
     assert load_checkpoint(last)["state"]["epoch"] < 4  # killed mid-fold
     resumed = run_cli(*args("res"), cwd=work)
-    return {"work": work, "first": first, "resumed": resumed, "args": args}
+    return {"work": work, "first": first, "resumed": resumed, "args": args, "cache": compile_cache}
 
 
 def test_a_killed_compiled_run_resumes_to_the_uninterrupted_one(compiled_runs):
@@ -159,7 +160,16 @@ def test_a_killed_compiled_run_resumes_to_the_uninterrupted_one(compiled_runs):
     assert ref_log["compile_s"].iloc[0] > 0 and (ref_log["compile_s"].iloc[1:] == 0).all()
     assert (res_log["compile_s"] > 0).sum() == 2
     assert "train.compile (default) took" in compiled_runs["first"].stdout
-    assert any((work / "cache" / "inductor").iterdir())  # inductor's cache lives under data.cache_dir
+    assert any((compiled_runs["cache"] / "inductor").iterdir())
+
+
+def test_the_commands_put_inductors_cache_under_the_image_cache(tiny_cfg, monkeypatch, tmp_path):
+    """train.py and infer.py (tune_process with their config) keep inductor's compiled graphs under
+    data.cache_dir, not in /tmp, so that the next fold and the next run reuse them."""
+    from pipeline.train.process import tune_process
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "elsewhere"))
+    tune_process(tiny_cfg(**{"data.cache_dir": str(tmp_path / "images")}))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "images" / "inductor").resolve())
 
 
 def test_a_compiled_checkpoint_is_the_plain_module_and_every_backend_predicts_it(compiled_runs, tiny_data):
@@ -168,7 +178,8 @@ def test_a_compiled_checkpoint_is_the_plain_module_and_every_backend_predicts_it
     assert best and not any("_orig_mod" in k or k.startswith("module.") for k in best)
     subs = {}
     for backend in ("torch", "onnxruntime", "openvino", "compile"):
-        args = tiny_overrides(tiny_data, work, **{"name": "ref", "infer.backend": backend})
+        args = tiny_overrides(tiny_data, work, **{"name": "ref", "infer.backend": backend,
+                                                  "data.cache_dir": str(compiled_runs["cache"])})
         proc = run_main(str(ROOT / "infer.py"), *args, "--allow-missing-folds", cwd=work)
         assert ("ready in" in proc.stdout) == (backend != "torch"), proc.stdout
         subs[backend] = pd.read_csv(work / "oof" / "ref" / "submission.csv")
