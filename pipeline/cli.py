@@ -186,7 +186,8 @@ def sample_main(argv=None) -> int:
         if out.exists() and not out.is_dir():
             raise ExperimentError(f"{out}: exists and is not a folder; {advice}")
         if out.is_dir() and any(out.iterdir()):
-            raise ExperimentError(f"{out}: exists and is not empty (it holds {first_few(folders.listing(out))}); {advice}")
+            held = first_few(folders.listing(out))
+            raise ExperimentError(f"{out}: exists and is not empty (it holds {held}); {advice}")
         folders.check_not_inside(out, advice)
         disk.check_writable(out)
         start = time.perf_counter()

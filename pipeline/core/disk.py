@@ -88,8 +88,8 @@ def check_writable(folder: str | Path, need: int = 0, what: str = "", advice: st
     base = existing(folder)
     free = shutil.disk_usage(base).free
     if need and free < need:
-        raise StorageError(f"{folder}:{what or ' the output'} needs {format_bytes(need)}, only {format_bytes(free)} free on its disk; "
-                           f"free some space or {advice}")
+        raise StorageError(f"{folder}:{what or ' the output'} needs {format_bytes(need)}, only {format_bytes(free)} "
+                           f"free on its disk; free some space or {advice}")
 
 
 def storage_error(path: str | Path, e: OSError) -> StorageError | None:

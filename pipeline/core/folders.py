@@ -93,6 +93,6 @@ def check_output_folder(folder: str | Path, folder_kind: str, advice: str) -> Pa
             raise ExperimentError(f"{folder}: is {describe(k)}, not {article(folder_kind)}; {advice}")
         held = listing(folder) if k is None else []
         if held:
-            raise ExperimentError(f"{folder}: exists and is not {article(folder_kind)} (no {MARKERS[folder_kind]}; it holds {first_few(held)}); "
-                                  f"{advice}")
+            raise ExperimentError(f"{folder}: exists and is not {article(folder_kind)} (no {MARKERS[folder_kind]}; "
+                                  f"it holds {first_few(held)}); {advice}")
     return folder

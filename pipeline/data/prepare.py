@@ -99,7 +99,8 @@ def attach_folds(cfg: Config, df: pd.DataFrame) -> None:
         raise DataError(f"{path}: fold(s) {empty} have no positive; AUC is undefined (use fewer folds)")
     print(f"folds from {path}:\n{table.to_string()}")
     if not in_folds.all():
-        print(f"plus {int((~in_folds).sum())} external training-only rows ({int(df[d.target_col][~in_folds].sum())} positives)")
+        external = df[d.target_col][~in_folds]
+        print(f"plus {len(external)} external training-only rows ({int(external.sum())} positives)")
 
 
 def fit_features(cfg: Config, df: pd.DataFrame, test: pd.DataFrame | None) -> MetaTransform:

@@ -168,7 +168,8 @@ def diagnosis_from_onehot(df: pd.DataFrame, columns: dict, path: Path, id_col: s
     hot = np.column_stack([pd.to_numeric(df[c], errors="coerce").fillna(0).to_numpy() == 1 for c in columns])
     twice = hot.sum(axis=1) > 1
     if twice.any():
-        raise DataError(f"{path}: more than one of the columns {', '.join(columns)} is 1 at {first_few(df[id_col][twice])}")
+        raise DataError(f"{path}: more than one of the columns {', '.join(columns)} is 1 at "
+                        f"{first_few(df[id_col][twice])}")
     names = np.array(list(columns.values()), dtype=object)
     return pd.Series(np.where(hot.any(axis=1), names[hot.argmax(axis=1)], None), index=df.index, dtype="string")
 

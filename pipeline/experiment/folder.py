@@ -37,7 +37,8 @@ from pipeline.experiment.record import RETRAIN, result_keys, saved_config
 
 # Everything this pipeline writes into an experiment folder (besides fold<k>/ folders); --force
 # deletes nothing else. Hidden ".<name>.tmp<pid>" files are atomic writes in progress or left by a kill.
-OWNED_FILES = re.compile("|".join(map(re.escape, folders.EXPERIMENT_FILES)) + r"|.*\.lock|.*\.lock\.stale\..*|\..*\.tmp\d*")
+OWNED_FILES = re.compile("|".join(map(re.escape, folders.EXPERIMENT_FILES))
+                         + r"|.*\.lock|.*\.lock\.stale\..*|\..*\.tmp\d*")
 OWNED_IN_FOLD = re.compile(r"(best\.pt|last\.pt|last\.prev\.pt|.*\.corrupt|log\.csv|val_predictions\.csv|"
                            r"\..*\.tmp\d*)")
 

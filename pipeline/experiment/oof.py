@@ -118,7 +118,8 @@ def read(path: str | Path) -> pd.DataFrame:
                            (FOLD, numbers[FOLD] % 1 != 0, "a whole number")]:
         if bad.any():
             shown = ("'" + oof[col] + "'").fillna("blank")
-            raise DataError(f"{path}: column '{col}' must be {must}; found {first_few(shown[bad] + ' at ' + where[bad])}")
+            found = first_few(shown[bad] + " at " + where[bad])
+            raise DataError(f"{path}: column '{col}' must be {must}; found {found}")
     out = oof.assign(fold=numbers[FOLD].astype(np.int64), target=numbers[TARGET].astype(np.int64),
                      pred=numbers[PRED])
     out.attrs["layout"] = layout
@@ -141,7 +142,8 @@ def _differ(frame: pd.DataFrame, first: Path, d: Path, other: pd.DataFrame) -> N
     """Refuse ``other`` (indexed by id) unless it holds the same ids, folds and targets as ``frame``."""
     only_first, only_here = frame["id"][~frame["id"].isin(other.index)], other.index[~other.index.isin(frame["id"])]
     if len(only_first) or len(only_here):
-        sides = [f"{len(x)} ids only in {where}: {first_few(x)}" for x, where in [(only_first, first), (only_here, d)] if len(x)]
+        sides = [f"{len(x)} ids only in {where}: {first_few(x)}"
+                 for x, where in [(only_first, first), (only_here, d)] if len(x)]
         raise DataError(f"{first} and {d} hold different rows ({'; '.join(sides)}); compare experiments "
                         f"trained on the same data")
     other = other.loc[frame["id"]]

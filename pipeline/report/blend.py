@@ -27,7 +27,7 @@ an experiment or another tool's folder (pipeline/core/folders.py).
 
 Like with like: a rank or fitted blend is made of per-fold ranks, so the members' pooled AUC printed
 beside it is of their per-fold ranks too (ranking alone lifts a pooled AUC whose folds are on
-different scales: a member predicting a constant would seem to help); ``pipeline.cv`` compares a rank
+different scales: a member predicting a constant would seem to help); ``python -m pipeline cv`` compares a rank
 blend with anything on per-fold ranks. A mean blend of probabilities refuses a rank blend as a member.
 """
 from __future__ import annotations
@@ -229,7 +229,7 @@ def blend_submission(subs: list[pd.DataFrame], method: str, weights: np.ndarray)
 
 
 def pooled_auc(oof: pd.DataFrame, ranks: bool) -> tuple[float, float]:
-    """The pooled AUC (of per-fold ranks with ``ranks``) and the mean of the fold AUCs, as pipeline.cv
+    """The pooled AUC (of per-fold ranks with ``ranks``) and the mean of the fold AUCs, as report/cv.py
     reports them."""
     target, pred, fold = oof["target"].to_numpy(), oof["pred"].to_numpy(), oof["fold"].to_numpy()
     pooled = auc(target, fold_ranks(pred, fold) if ranks else pred)
@@ -238,7 +238,7 @@ def pooled_auc(oof: pd.DataFrame, ranks: bool) -> tuple[float, float]:
 
 def write_blend(out: Path, info: dict, oof: pd.DataFrame, sub: pd.DataFrame | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    # a replaced blend's files go first (roc.png: drawn by pipeline.cv), but blend.json, its marker:
+    # a replaced blend's files go first (roc.png: drawn by python -m pipeline cv), but blend.json, its marker:
     # written first, so that a folder interrupted half-way is still a blend, without a file of the old one
     for name in ("oof.csv", "submission.csv", "roc.png"):
         (out / name).unlink(missing_ok=True)
@@ -293,7 +293,8 @@ def print_scores(members: list[Path], oofs: list[pd.DataFrame], out: Path, metho
     for label, w, auc_, mean in rows:
         print(f"{label:{width}}  {w:>6}  {auc_:{len(pooled)}.4f}  {mean:13.4f}")
     if ranks:
-        print("(every figure of per-fold ranks, as the blend is made of them: compare with pipeline.cv's 'rank AUC')")
+        print("(every figure of per-fold ranks, as the blend is made of them: compare with the 'pooled AUC of "
+              "per-fold ranks' of python -m pipeline cv)")
 
 
 def is_rank_blend(folder: str | Path) -> bool:

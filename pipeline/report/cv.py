@@ -42,7 +42,8 @@ one: pipeline/core/folders.py). compare.csv (the comparison table, and the folde
 learning_curves.png, calibration.png, pred_by_class.png and report.html, one self-contained page
 holding the tables and the pictures (inline, no network).
 
-Statistics: pipeline/report/stats.py; oof.csv: pipeline/experiment/oof.py; pictures: pipeline/report/figures.py; options: cli.cv_main.
+Statistics: pipeline/report/stats.py; oof.csv: pipeline/experiment/oof.py; pictures:
+pipeline/report/figures.py; options: cli.cv_main.
 """
 from __future__ import annotations
 
@@ -360,7 +361,8 @@ def write_files(a: SimpleNamespace, out: Path, plot: bool) -> list[Path]:
         tables = {"Comparison": display_table(a.table), "Fold AUC": display_folds(a.folds),
                   **({"Correlation of pred": a.corr, "Correlation of per-fold ranks": a.rank_corr}
                      if len(a.names) > 1 else {})}
-        notes = [f"{len(a.leaks)} '{gcol}' group(s) have rows in several folds ({first_few(a.leaks)})"] if a.leaks else []
+        leaks = f"{len(a.leaks)} '{gcol}' group(s) have rows in several folds ({first_few(a.leaks)})"
+        notes = [leaks] if a.leaks else []
         notes += [basis_note(a)] if a.ranked else []
         written += write_report(out, a.frame["target"].to_numpy(), preds, a.table, a.folds, dict(zip(a.names, a.logs)),
                                 tables=tables, summary=summary_line(a.frame, a.n_boot, a.seed), notes=notes)

@@ -127,13 +127,13 @@ def build_fold(cfg: Config, data: TrainData, k: int, dist: Dist = SINGLE) -> Fol
     pin = rt.device.type == "cuda"
     train_loader = make_loader(train_ds, t.batch_size // (dist.world * t.accumulate), True, t.num_workers,
                                pin_memory=pin, global_batch=t.batch_size, rank=dist.rank, world=dist.world)
-    rank_share = np.array_split(val_idx, dist.world)[dist.rank]  # unpadded shares: gathered, each row once
+    share = np.array_split(val_idx, dist.world)[dist.rank]  # unpadded shares: gathered, each row once
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t, len(train_idx) // t.batch_size)
     scaler = torch.amp.GradScaler() if rt.amp_dtype == torch.float16 else None
     state = {"epoch": 0, "step": 0, "best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0}
     f = Fold(k, cfg.exp_dir / f"fold{k}", model, net, rt, train_ds, train_loader,
-             eval_loader(cfg, data, rank_share, pin), val_idx, binary[val_idx], optimizer, scheduler, scaler, state, ema)
+             eval_loader(cfg, data, share, pin), val_idx, binary[val_idx], optimizer, scheduler, scaler, state, ema)
     f.validating = f.evaluated
     if t.compile:
         f.compile(cfg, data.meta.shape[1])
