@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny generated dataset and a tiny config that trains in seconds on CPU."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,20 +73,51 @@ def run_cli(*args, cwd: Path, timeout: int = 600, check: bool = True) -> subproc
     return proc
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
+@contextlib.contextmanager
+def torch_on_one_thread():
     """Tiny models train many times faster on one thread than on two cores shared with other jobs;
     the environment variable carries it into the CLI subprocesses."""
     import torch
     before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
-    yield
-    torch.set_num_threads(before)
-    if env is None:
-        del os.environ["OMP_NUM_THREADS"]
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if env is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = env
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    with torch_on_one_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def finished(tiny_data, tmp_path_factory) -> Path:
+    """A finished tiny experiment, trained once for the session (3 folds, 1 epoch, one torch thread):
+    ``<folder>/data`` (a copy of the sample with its fold table), ``<folder>/oof/tiny`` and the image
+    cache it was trained with, ``<folder>/cache``. Tests take their own copy (``copy_finished``) and
+    never write into this one."""
+    from pipeline.train.trainer import train
+    work = tmp_path_factory.mktemp("finished")
+    shutil.copytree(tiny_data, work / "data", ignore=shutil.ignore_patterns("*_folds*.csv"))
+    with torch_on_one_thread():
+        train(load_config(None, tiny_overrides(work / "data", work, **{"train.epochs": 1})))
+    return work
+
+
+def copy_finished(finished: Path, work: Path) -> tuple[Path, Path]:
+    """The finished experiment and its data copied into ``work``: (``work/data``, ``work``, whose
+    ``oof/tiny`` is the experiment). Where the data lies is not what an experiment is: the copy
+    trains on and predicts as the original."""
+    shutil.copytree(finished / "data", work / "data")
+    shutil.copytree(finished / "oof" / "tiny", work / "oof" / "tiny")
+    return work / "data", work
 
 
 def run_main(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -92,7 +125,6 @@ def run_main(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     ``-m pipeline`` runs as ``__main__`` with ``args`` as its command line, in ``cwd``, its output
     and exit code captured. What a subprocess adds is only the interpreter's start-up and imports
     (several seconds each on two cores), so the tests of a command's answer use this."""
-    import contextlib
     import io
     import runpy
     out, err, code = io.StringIO(), io.StringIO(), 0

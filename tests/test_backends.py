@@ -165,11 +165,18 @@ def test_a_killed_compiled_run_resumes_to_the_uninterrupted_one(compiled_runs):
 
 def test_the_commands_put_inductors_cache_under_the_image_cache(tiny_cfg, monkeypatch, tmp_path):
     """train.py and infer.py (tune_process with their config) keep inductor's compiled graphs under
-    data.cache_dir, not in /tmp, so that the next fold and the next run reuse them."""
+    data.cache_dir, not in /tmp, so that the next fold and the next run reuse them; torch's
+    deterministic algorithms are switched on with train.deterministic, and only then."""
     from pipeline.train.process import tune_process
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "elsewhere"))
     tune_process(tiny_cfg(**{"data.cache_dir": str(tmp_path / "images")}))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str((tmp_path / "images" / "inductor").resolve())
+    assert not torch.are_deterministic_algorithms_enabled()
+    try:
+        tune_process(tiny_cfg(**{"train.deterministic": True}))
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def test_a_compiled_checkpoint_is_the_plain_module_and_every_backend_predicts_it(compiled_runs, tiny_data):

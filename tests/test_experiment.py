@@ -18,13 +18,13 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from conftest import ROOT, one_error_line, only, run_cli, run_main, snapshot, tiny_overrides
+from conftest import ROOT, copy_finished, one_error_line, only, run_cli, run_main, snapshot, tiny_overrides
 
 from pipeline.core import config as C
 from pipeline.core.errors import DataError, ExperimentError
 from pipeline.data.tables import load_train
 from pipeline.experiment.folder import check_config
-from pipeline.experiment.oof import collect_oof
+from pipeline.experiment.oof import collect_oof, read as read_oof
 from pipeline.experiment.record import read_record
 from pipeline.train import trainer as T
 
@@ -41,23 +41,17 @@ def args(data: Path, work: Path, **extra) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
-    """A finished tiny experiment on a private copy of the data."""
-    work = tmp_path_factory.mktemp("trained")
-    data = work / "data"
-    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("*_folds*.csv"))
+def trained(finished, tmp_path_factory):
+    """The session's finished tiny experiment, copied for this module."""
+    data, work = copy_finished(finished, tmp_path_factory.mktemp("trained"))
     cfg = C.load_config(None, args(data, work))
-    oof = T.train(cfg)
-    return SimpleNamespace(cfg=cfg, data=data, work=work, oof=oof)
+    return SimpleNamespace(cfg=cfg, data=data, work=work, oof=read_oof(cfg.exp_dir / "oof.csv"))
 
 
 @pytest.fixture
-def copy(trained, tmp_path):
-    """The trained experiment and its data, copied: (data folder, work folder with oof/tiny)."""
-    data = tmp_path / "data"
-    shutil.copytree(trained.data, data)
-    shutil.copytree(trained.cfg.exp_dir, tmp_path / "oof" / "tiny")
-    return data, tmp_path
+def copy(finished, tmp_path):
+    """The finished experiment and its data, copied: (data folder, work folder with oof/tiny)."""
+    return copy_finished(finished, tmp_path)
 
 
 # --- the experiment records what it was trained on ----------------------------------------------

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, snapshot, tiny_overrides
+from conftest import ROOT, copy_finished, snapshot, tiny_overrides
 
 from pipeline.core.config import load_config
 from pipeline.core.errors import DataError, StorageError
@@ -60,15 +60,18 @@ def full_disk(monkeypatch, free: int = 1000) -> None:
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - free, free))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread(one_torch_thread):
+    yield
+
+
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory, one_torch_thread):
-    """One experiment trained on a copy of the tiny sample (all 3 folds, 1 epoch, TTA x2)."""
-    work = tmp_path_factory.mktemp("faults")
-    shutil.copytree(tiny_data, work / "data")
-    args = tiny_overrides(work / "data", work, **{"train.epochs": 1})
+def trained(finished, tmp_path_factory):
+    """The session's finished tiny experiment (all 3 folds, 1 epoch, TTA x2), copied for this module."""
+    data, work = copy_finished(finished, tmp_path_factory.mktemp("faults"))
+    args = tiny_overrides(data, work, **{"train.epochs": 1})
     cfg = load_config(None, args)
-    T.train(cfg)
-    return SimpleNamespace(work=work, data=work / "data", args=args, cfg=cfg, exp=cfg.exp_dir)
+    return SimpleNamespace(work=work, data=data, args=args, cfg=cfg, exp=cfg.exp_dir)
 
 
 def fresh(trained, **extra):

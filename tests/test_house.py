@@ -21,6 +21,14 @@ def test_imports_run_downward_between_the_layers_and_in_no_circle():
     assert not any("cli" in graph[m] for m in graph if m not in ("cli", "__main__"))
 
 
+def test_one_auc_for_the_whole_pipeline():
+    """Validation, OOF, reports and blends score with report/stats.py's auc: sklearn's roc_auc_score is
+    imported nowhere else in the package."""
+    users = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pipeline").rglob("*.py")
+                   if "roc_auc_score" in p.read_text())
+    assert users == ["pipeline/report/stats.py"]
+
+
 def test_house_sees_an_upward_import_and_a_circle():
     """The checks above can fail: an import from the data layer into training is reported, and so is
     a circle; an import only for type checking is neither."""

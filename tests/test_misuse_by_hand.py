@@ -15,10 +15,9 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from conftest import ROOT, one_error_line, run_main, snapshot, tiny_overrides
+from conftest import ROOT, copy_finished, one_error_line, run_main, snapshot, tiny_overrides
 
-from pipeline.core import config as C, lock
-from pipeline.train import trainer as T
+from pipeline.core import lock
 
 TRAIN, INFER = str(ROOT / "train.py"), str(ROOT / "infer.py")
 
@@ -34,27 +33,16 @@ def args(data: Path, work: Path, **extra) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
-    """A finished tiny experiment (oof/tiny) on a private copy of the data (data/, with its fold table)."""
-    work = tmp_path_factory.mktemp("by_hand")
-    data = work / "data"
-    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("*_folds*.csv"))
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
-        T.train(C.load_config(None, args(data, work)))
-    finally:
-        os.chdir(cwd)
+def trained(finished, tmp_path_factory):
+    """The session's finished tiny experiment (oof/tiny) and its data (data/, with its fold table), copied."""
+    data, work = copy_finished(finished, tmp_path_factory.mktemp("by_hand"))
     return SimpleNamespace(data=data, work=work)
 
 
 @pytest.fixture
-def copy(trained, tmp_path):
-    """The trained experiment and its data, copied into ``tmp_path``: (data folder, work folder with oof/tiny)."""
-    data = tmp_path / "data"
-    shutil.copytree(trained.data, data)
-    shutil.copytree(trained.work / "oof" / "tiny", tmp_path / "oof" / "tiny")
-    return data, tmp_path
+def copy(finished, tmp_path):
+    """The finished experiment and its data, copied into ``tmp_path``: (data folder, work folder with oof/tiny)."""
+    return copy_finished(finished, tmp_path)
 
 
 # --- config and command-line errors: before anything is read or written ---------------------------
@@ -174,7 +162,7 @@ def accepted(proc, exp: Path, before: dict) -> None:
     assert "was trained on other data" not in proc.stderr and "different experiment" not in proc.stderr
 
 
-def test_shuffled_rows_an_unused_column_and_touched_images_are_accepted_as_the_same_experiment(trained, copy):
+def test_shuffled_rows_an_unused_column_and_touched_images_are_accepted_as_the_same_experiment(finished, copy):
     data, work = copy
     exp = work / "oof" / "tiny"
     other = work / "elsewhere"
@@ -184,7 +172,7 @@ def test_shuffled_rows_an_unused_column_and_touched_images_are_accepted_as_the_s
     later = time.time() + 60
     for image in (other / "train").iterdir():
         os.utime(image, (later, later))
-    shutil.copytree(trained.work / "cache", work / "cache")  # the cache the experiment was trained with
+    shutil.copytree(finished / "cache", work / "cache")  # the cache the experiment was trained with
     before, caches = record_of(exp), set((work / "cache").glob("train_*.npy"))
     assert len(caches) == 1
     accepted(run_main(TRAIN, *args(other, work), cwd=work, check=False), exp, before)

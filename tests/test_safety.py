@@ -15,7 +15,7 @@ import torch
 from pipeline.core.config import load_config
 from pipeline.core.errors import CheckpointError, ConfigError, ExperimentError
 from pipeline.core.files import atomic_write, write_text
-from pipeline.experiment.environment import record_environment
+from pipeline.experiment.environment import _git, environment, record_environment
 from pipeline.experiment.folder import check_config
 from pipeline.model.checkpoint_file import load_checkpoint, save_checkpoint
 
@@ -148,6 +148,15 @@ def test_yaml_is_read_safely(tmp_path, tiny_cfg):
     with pytest.raises(ExperimentError, match="config.yaml: cannot read the saved config"):
         check_config(cfg, force=False)
     assert not marker.exists()
+
+
+def test_env_json_records_the_commit_asked_at_the_repository_root():
+    """git runs at the checkout's top, whatever module asks it (a subfolder would still answer, so the
+    prefix is what shows where it ran)."""
+    if _git("rev-parse", "--is-inside-work-tree") != "true":
+        pytest.skip("not a git checkout")
+    assert _git("rev-parse", "--show-prefix") == ""
+    assert environment(load_config(None, []))["git_commit"] == _git("rev-parse", "HEAD") != ""
 
 
 def test_env_json_keeps_the_earlier_environment_when_it_changes(tmp_path, capsys):

@@ -91,8 +91,8 @@ def attach_folds(cfg: Config, df: pd.DataFrame) -> None:
     path = fold_table_path(cfg)
     in_folds = ~df["is_external"].to_numpy()
     df["fold"] = -1
-    df.loc[in_folds, "fold"] = load_or_make_folds(df[in_folds].reset_index(drop=True), path, d.id_col, d.target_col,
-                                             d.group_col, cfg.folds.n_folds, cfg.folds.seed)
+    df.loc[in_folds, "fold"] = load_or_make_folds(df[in_folds].reset_index(drop=True), path, d.id_col,
+                                                  d.target_col, d.group_col, cfg.folds.n_folds, cfg.folds.seed)
     table = fold_table(df[in_folds], df["fold"][in_folds].to_numpy(), d.target_col, d.group_col or d.id_col)
     empty = table.index[table["positives"] == 0].tolist()
     if empty:
@@ -110,10 +110,10 @@ def fit_features(cfg: Config, df: pd.DataFrame, test: pd.DataFrame | None) -> Me
     fit_df = pd.concat([df, test], ignore_index=True) if cfg.features.fit_on == "train+test" else df
     transform = MetaTransform.from_config(cfg).fit(fit_df)
     limit = cfg.features.max_bad_fraction
-    own = ~df["is_external"].to_numpy()
-    check_numeric(transform, df[own], str(data_path(cfg, d.train_csv)), d.id_col, limit)
-    if not own.all():
-        check_numeric(transform, df[~own], str(data_path(cfg, d.external_csv)), d.id_col, limit)
+    in_folds = ~df["is_external"].to_numpy()
+    check_numeric(transform, df[in_folds], str(data_path(cfg, d.train_csv)), d.id_col, limit)
+    if not in_folds.all():
+        check_numeric(transform, df[~in_folds], str(data_path(cfg, d.external_csv)), d.id_col, limit)
     if test is not None:
         check_numeric(transform, test, str(data_path(cfg, d.test_csv)), d.id_col, limit)
     return transform
@@ -127,8 +127,8 @@ def fit_diagnosis(cfg: Config, df: pd.DataFrame, test: pd.DataFrame | None) -> D
     if not d.diagnosis_col:
         return None
     diagnosis = Diagnosis.fit(df[d.diagnosis_col], d.diagnosis_col, d.diagnosis_min_rows, d.melanoma_class)
-    own = ~df["is_external"].to_numpy()
-    for rows, name in [(own, d.train_csv), (~own, d.external_csv)]:
+    in_folds = ~df["is_external"].to_numpy()
+    for rows, name in [(in_folds, d.train_csv), (~in_folds, d.external_csv)]:
         if rows.any():
             check_contradictions(df[rows], diagnosis, d.target_col, d.id_col, str(data_path(cfg, name)),
                                  d.max_contradictions)
@@ -149,7 +149,7 @@ def check_batch_size(cfg: Config, data: TrainData, folds: list[int]) -> None:
         n = int((data.df["fold"] != k).sum())
         if n < cfg.train.batch_size:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the {n} training rows of "
-                                f"fold {k}: no step would train; use a smaller batch")
+                              f"fold {k}: no step would train; use a smaller batch")
 
 
 def targets(cfg: Config, data: TrainData) -> np.ndarray:

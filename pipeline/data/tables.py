@@ -19,8 +19,8 @@ MISSING_WORDS = frozenset({"", "nan", "unknown", "na", "n/a", "none", "null", "?
 
 def group_ids(df: pd.DataFrame, group_col: str) -> pd.Series:
     """Each row's group (the patient) as text; a row without one, or every row when there is no group
-    column, is a group of its singletons (``__row_<position>``)."""
-    singletons = pd.Series("__row_" + pd.Series(np.arange(len(df)), index=df.index).astype(str), index=df.index)
+    column, is a group of its own (``__row_<position>``)."""
+    singletons = "__row_" + pd.Series(np.arange(len(df)), index=df.index).astype(str)
     if not group_col:
         return singletons.astype("string")
     return df[group_col].astype("string").fillna(singletons)

@@ -17,7 +17,7 @@ from pipeline.core.files import write_json
 
 def _git(*args: str) -> str:
     try:
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
     except OSError:
         return ""
@@ -25,7 +25,7 @@ def _git(*args: str) -> str:
 
 def environment(cfg: Config) -> dict:
     """Package versions, device, seed and git commit of this run (env.json)."""
-    import albumentations  # noqa: E401 - versions only
+    import albumentations  # the versions only
     import numpy
     import sklearn
     import timm

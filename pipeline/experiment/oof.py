@@ -199,8 +199,8 @@ def val_predictions_path(fold_dir: Path) -> Path:
 
 
 def collect_oof(exp: Path, record: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every finished fold's OOF rows (pipeline/experiment/oof.py), each id at most once and, when ``record``
-    (the experiment's training record) is given, in the fold that its fold table says."""
+    """Every finished fold's OOF rows, each id at most once and, when ``record`` (the experiment's
+    training record) is given, in the fold that its fold table says."""
     paths = [val_predictions_path(d) for d in sorted(exp.glob("fold*")) if d.is_dir()]
     parts = [read(p) for p in paths if p.exists()]
     if not parts:
@@ -222,7 +222,7 @@ def collect_oof(exp: Path, record: pd.DataFrame | None = None) -> pd.DataFrame:
 
 
 def oof_rows(cfg: Config, data: TrainData, idx: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
-    """The OOF table (pipeline/experiment/oof.py) of rows ``idx``: id, group (when configured), fold, target, pred."""
+    """The OOF table of rows ``idx`` (data.df positions): id, group (when configured), fold, target, pred."""
     d, rows = cfg.data, data.df.iloc[idx]
     return table(Layout(d.id_col, d.group_col or None), rows[d.id_col],
-                     rows[d.group_col] if d.group_col else None, rows["fold"], rows[d.target_col], pred)
+                 rows[d.group_col] if d.group_col else None, rows["fold"], rows[d.target_col], pred)
