@@ -98,7 +98,7 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def finished(tiny_data, tmp_path_factory) -> Path:
+def finished(tiny_data, tmp_path_factory):
     """A finished tiny experiment, trained once for the session (3 folds, 1 epoch, one torch thread):
     ``<folder>/data`` (a copy of the sample with its fold table), ``<folder>/oof/tiny`` and the image
     cache it was trained with, ``<folder>/cache``. Tests take their own copy (``copy_finished``) and
@@ -108,15 +108,25 @@ def finished(tiny_data, tmp_path_factory) -> Path:
     shutil.copytree(tiny_data, work / "data", ignore=shutil.ignore_patterns("*_folds*.csv"))
     with torch_on_one_thread():
         train(load_config(None, tiny_overrides(work / "data", work, **{"train.epochs": 1})))
-    return work
+    before = snapshot(work)
+    yield work
+    assert snapshot(work) == before, "a test or tool wrote into the session's finished experiment"
 
 
 def copy_finished(finished: Path, work: Path) -> tuple[Path, Path]:
     """The finished experiment and its data copied into ``work``: (``work/data``, ``work``, whose
-    ``oof/tiny`` is the experiment). Where the data lies is not what an experiment is: the copy
-    trains on and predicts as the original."""
+    ``oof/tiny`` is the experiment), as if trained there: its config.yaml names the copy's folders
+    (where things lie is not what an experiment is), so that a tool reading it writes nothing into
+    the session's original."""
+    from pipeline.core.config import to_yaml, with_overrides
+    from pipeline.experiment.record import saved_config
     shutil.copytree(finished / "data", work / "data")
-    shutil.copytree(finished / "oof" / "tiny", work / "oof" / "tiny")
+    exp = work / "oof" / "tiny"
+    shutil.copytree(finished / "oof" / "tiny", exp)
+    here = with_overrides(saved_config(exp / "config.yaml"), [f"data.root={work / 'data'}",
+                                                              f"data.cache_dir={work / 'cache'}",
+                                                              f"output_dir={work / 'oof'}"])
+    (exp / "config.yaml").write_text(to_yaml(here))
     return work / "data", work
 
 
