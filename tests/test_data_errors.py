@@ -186,6 +186,15 @@ def test_a_fold_without_positives(data, tmp_path):
     assert msg.startswith(str(data / "train_folds5_seed42.csv"))
 
 
+def test_a_fold_without_negatives(data, tmp_path):
+    df = read(data / "train.csv")
+    df["target"] = 1
+    df.loc[[0, 1, 2], "target"] = 0  # 3 negatives cannot cover 5 folds
+    df.to_csv(data / "train.csv", index=False)
+    msg = fails_before_training(make_cfg(data, tmp_path, **{"folds.n_folds": 5}), "have no negative", "fewer folds")
+    assert msg.startswith(str(data / "train_folds5_seed42.csv"))
+
+
 def test_test_ids_differ_from_sample_submission(data, tmp_path):
     sub = read(data / "sample_submission.csv")
     only_test = sub["image_name"][:7].tolist()

@@ -94,9 +94,11 @@ def attach_folds(cfg: Config, df: pd.DataFrame) -> None:
     df.loc[in_folds, "fold"] = load_or_make_folds(df[in_folds].reset_index(drop=True), path, d.id_col,
                                                   d.target_col, d.group_col, cfg.folds.n_folds, cfg.folds.seed)
     table = fold_table(df[in_folds], df["fold"][in_folds].to_numpy(), d.target_col, d.group_col or d.id_col)
-    empty = table.index[table["positives"] == 0].tolist()
-    if empty:
-        raise DataError(f"{path}: fold(s) {empty} have no positive; AUC is undefined (use fewer folds)")
+    positives, images = table["positives"], table["images"]
+    for missing, one_class in [("positive", positives == 0), ("negative", positives == images)]:
+        if one_class.any():
+            raise DataError(f"{path}: fold(s) {table.index[one_class].tolist()} have no {missing}; AUC is undefined "
+                            f"(use fewer folds)")
     print(f"folds from {path}:\n{table.to_string()}")
     if not in_folds.all():
         external = df[d.target_col][~in_folds]
