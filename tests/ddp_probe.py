@@ -1,6 +1,7 @@
 """Run under torchrun by tests/test_distributed.py: builds one fold as the trainer does, trains one
 epoch with DDP, and prints (rank 0) JSON of what each rank saw: the head bias at the start, every
-mixup lambda, the global step and a checksum of the weights and of Lookahead's slow weights."""
+mixup lambda, the global step, a checksum of the weights and of Lookahead's slow weights, and how far
+the model is from its slow weights."""
 import json
 import sys
 
@@ -26,11 +27,13 @@ def seen_by_this_rank(dist: D.Dist) -> dict:
 
     loop.mixup = recording
     T.run_epoch(cfg, fold, 0, lambda: False, dist)
-    slow = [s["lookahead_slow_buff"] for g in fold.optimizer.param_groups for p in g["params"]
-            if (s := fold.optimizer._base_optimizer.state.get(p)) and "lookahead_slow_buff" in s]
+    pairs = [(p, s["lookahead_slow_buff"]) for g in fold.optimizer.param_groups for p in g["params"]
+             if (s := fold.optimizer._base_optimizer.state.get(p)) and "lookahead_slow_buff" in s]
+    slow = [s for _, s in pairs]
     return {"bias": bias, "lams": lams, "step": fold.state["step"], "rows": len(fold.train_loader.sampler),
             "weights": float(sum(p.double().sum() for p in fold.model.state_dict().values() if p.is_floating_point())),
             "slow": float(sum(s.double().sum() for s in slow)), "n_slow": len(slow),
+            "gap": max(float((p - s).abs().max()) for p, s in pairs),  # the model against its slow weights
             "head": fold.model.head.weight.detach().double().sum(1).tolist()}  # per output: binary, then classes
 
 

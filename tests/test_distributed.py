@@ -81,7 +81,8 @@ def test_sharded_shuffle_gives_every_global_batch_whatever_the_process_count(wor
                          ids=["binary", "diagnosis_head", "compiled"])
 def test_ranks_start_equal_mix_alike_and_stay_equal(tiny_data, tmp_path, aux, compiled):
     """Head-bias init, every mixup lambda, the step count, the weights (both heads apart) and
-    Lookahead's slow weights after an epoch are the same on both ranks; each rank trains half of
+    Lookahead's slow weights after an epoch are the same on both ranks, and the model ends the epoch
+    on its slow weights; each rank trains half of
     every global batch. Compiled: DDP first, then torch.compile (timm's test model: it compiles in
     a minute)."""
     extra = {"data.diagnosis_col": "diagnosis", "train.aux_weight": 1.0} if aux else {}
@@ -96,6 +97,7 @@ def test_ranks_start_equal_mix_alike_and_stay_equal(tiny_data, tmp_path, aux, co
     assert a["lams"] == b["lams"] and len(a["lams"]) == a["step"] > 0 and any(lam != 1.0 for lam in a["lams"])
     assert a["step"] == b["step"] and a["rows"] == b["rows"] == a["step"] * 8
     assert a["weights"] == b["weights"] and a["slow"] == b["slow"] and a["n_slow"] > 0
+    assert a["step"] % 2 and a["gap"] == b["gap"] == 0.0  # k=2: the epoch ends between slow updates, on the slow weights
 
 
 def test_torchrun_trains_every_fold_and_the_oof_covers_each_row_once(tiny_data, tmp_path):

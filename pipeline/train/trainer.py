@@ -48,6 +48,26 @@ def build_optimizer(model, t: TrainConfig) -> Lookahead:
     return Lookahead(adam, alpha=t.lookahead_alpha, k=t.lookahead_k)
 
 
+@torch.no_grad()
+def sync_slow_weights(optimizer: Lookahead) -> None:
+    """Pull every trained parameter to its slow weights, ``slow += alpha * (fast - slow)`` then
+    ``fast = slow``, as timm's ``update_slow`` does every k steps, whatever the gradients hold.
+    timm's own ``sync_lookahead`` skips parameters whose gradient is None, and the loop clears
+    gradients to None after each step, so it would change nothing. A parameter with no slow copy yet
+    (fewer than k steps so far) gets one from its fast weights, as timm's first update does; one
+    never stepped (no optimizer state: frozen, say) is left alone."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer._base_optimizer.state.get(p)
+            if not state:
+                continue
+            if "lookahead_slow_buff" not in state:
+                state["lookahead_slow_buff"] = p.detach().clone()
+            slow = state["lookahead_slow_buff"]
+            slow.add_(p - slow, alpha=group["lookahead_alpha"])
+            p.copy_(slow)
+
+
 def build_scheduler(optimizer, t: TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:
     warmup = int(round(t.warmup_epochs * steps_per_epoch))
     total = max(t.epochs * steps_per_epoch - warmup, 1)
@@ -161,7 +181,7 @@ def run_epoch(cfg: Config, f: Fold, epoch: int, stop, dist: Dist = SINGLE) -> di
         after_step=None if f.ema is None else lambda step: f.ema.update(f.model, step=step), aux_weight=t.aux_weight)
     if dist.any(stop()):
         raise Interrupted(f"in fold {f.k} during epoch {epoch + 1} (not saved; it is redone)")
-    f.optimizer.sync_lookahead()  # evaluate and save the slow weights
+    sync_slow_weights(f.optimizer)  # validate, save and resume the slow weights
     dist.average_buffers(f.model)
     if f.ema is not None:
         dist.average_buffers(f.ema.module)
