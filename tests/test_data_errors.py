@@ -254,7 +254,7 @@ def skipped(tiny_data, tmp_path_factory):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         run.oof = trainer.train(cfg)
-        run.data = prepare(cfg)  # again: the cache and its list of bad images are reused
+        run.data = prepare(cfg)  # again: the cache is reused, its two bad images read again
     run.stderr, run.work, run.cfg = err.getvalue(), work, cfg
     run.folds = read(root / "train_folds2_seed42.csv")
     return run
@@ -287,7 +287,7 @@ def test_grayscale_rgba_palette_cmyk_images_are_cached_as_rgb(skipped):
 
 def test_a_cache_array_without_its_json_is_rebuilt(tmp_path):
     """The .json is written after the array: a build killed in between leaves an array alone, which
-    the next build must not trust (its bad-image list and digests are gone, its pixels unchecked)."""
+    the next build must not trust (its list of unread rows and digests are gone, its pixels unchecked)."""
     paths = []
     for i, colour in enumerate([(200, 30, 30), (30, 200, 30)]):
         paths.append(tmp_path / f"{i}.png")

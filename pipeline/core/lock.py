@@ -109,10 +109,11 @@ def _install_hooks() -> None:
 
 
 class Lock:
-    """Exclusive lock on ``path``; ``what`` names the guarded thing in messages ("fold 0 of oof/exp")."""
+    """Exclusive lock on ``path``; ``what`` names the guarded thing in messages ("fold 0 of oof/exp"),
+    ``doing`` what its holder does to it ("being trained")."""
 
-    def __init__(self, path: Path, what: str, hint: str = DEFAULT_HINT):
-        self.path, self.what, self.hint = Path(path), what, hint
+    def __init__(self, path: Path, what: str, hint: str = DEFAULT_HINT, doing: str = "being trained"):
+        self.path, self.what, self.hint, self.doing = Path(path), what, hint, doing
         self._pid: int | None = None  # the acquiring process: a forked child must not release
         self._content = b""
 
@@ -233,7 +234,7 @@ class Lock:
             who = f"an unknown process (unreadable lock file, touched {age:.0f}s ago)"
         else:
             who = f"pid {info['pid']} on host {info['host']} since {info.get('started', '?')}"
-        return f"{self.path}: {self.what} is being trained by {who}; {self.hint}"
+        return f"{self.path}: {self.what} is {self.doing} by {who}; {self.hint}"
 
 
 def _judge(content: bytes, age: float) -> tuple[dict | None, str | None]:

@@ -60,8 +60,9 @@ def prepare(cfg: Config) -> TrainData:
 
 
 def cached_images(cfg: Config, df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, list]:
-    """The images decoded into the cache; undecodable ones fail, or are skipped with
-    ``data.on_bad_image=skip``. Adds each row's ``cache_row``."""
+    """The images decoded into the cache; those that cannot be decoded in this run fail, or are
+    skipped with ``data.on_bad_image=skip`` (the next run reads them again). Adds each row's
+    ``cache_row``."""
     d = cfg.data
     images, bad, digests = build_cache([Path(p) for p in df["image_path"]], cfg.model.image_size,
                                        Path(d.cache_dir), "train")
