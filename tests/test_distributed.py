@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import ROOT, tiny_overrides
 
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.data.dataset import SeededShuffle
 from pipeline.data.prepare import prepare
 from pipeline.model.checkpoint_file import load_checkpoint
@@ -157,3 +157,19 @@ def test_sync_bn_on_the_cpu_is_a_config_error_before_anything_is_written(tiny_da
     assert proc.returncode != 0
     assert err.count("error: train.sync_bn=true needs CUDA") == 1  # rank 0 alone says it
     assert not (tmp_path / "oof").exists()
+
+
+def test_a_rank_that_reads_other_training_rows_than_rank_0_stops_in_one_line(tiny_cfg):
+    """Rows dropped for unreadable images are read again by every process (the cache stores no
+    read error): a rank > 0 whose rows differ from rank 0's (an image fixed in between) stops."""
+    cfg = tiny_cfg()
+    ids = prepare(cfg).df[cfg.data.id_col].tolist()
+
+    class Rank1(T.Dist):  # rank 0 opened the run without this image; its answers, as broadcast
+        def broadcast(self, obj):
+            return self.answers.pop(0)
+
+    rank1 = Rank1(rank=1, world=2)
+    object.__setattr__(rank1, "answers", [None, ids[1:]])
+    with pytest.raises(PipelineError, match=r"rank 1 read other training rows than rank 0 \(\d+ against \d+"):
+        T.open_run(cfg, [0], False, rank1)
