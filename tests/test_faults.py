@@ -14,6 +14,7 @@ import builtins
 import errno
 import io
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -23,16 +24,16 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ROOT, copy_finished, snapshot, tiny_overrides
+from conftest import ROOT, copy_finished, one_error_line, run_main, snapshot, tiny_overrides
 
 from pipeline.core.config import load_config
-from pipeline.core.errors import DataError, StorageError
+from pipeline.core.errors import CheckpointError, CheckpointReadError, DataError, StorageError
 from pipeline.data.cache import build_cache
 from pipeline.data.tables import load_test
 from pipeline.experiment.run import fold_lock
 from pipeline.model import checkpoint_file as pio
 from pipeline.report import cv
-from pipeline.train import infer as I, trainer as T
+from pipeline.train import checkpoints as K, infer as I, trainer as T
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import tta_views  # noqa: E402
@@ -211,6 +212,155 @@ def test_cv_reports_a_read_only_experiment_and_refuses_a_read_only_out_before_th
         cv.compare([trained.exp], out=trained.work / "cmp_ro")
 
 
+# -- a checkpoint that cannot be read now: not damage ----------------------------------------------------
+
+class FailsAfter:
+    """A file open for reading whose reads fail with ``err`` once ``after`` bytes lie behind them: a
+    disk or network mount that fails in the middle of torch.load."""
+
+    def __init__(self, real, after: int, err: int):
+        self.real, self.after, self.err = real, after, err
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def _check(self):
+        if self.real.tell() >= self.after:
+            raise OSError(self.err, os.strerror(self.err))
+
+    def read(self, *args):
+        self._check()
+        return self.real.read(*args)
+
+    def readinto(self, buffer):
+        self._check()
+        return self.real.readinto(buffer)
+
+    def readline(self, *args):
+        self._check()
+        return self.real.readline(*args)
+
+
+def unreadable(monkeypatch, target, err: int = errno.EIO, after: int | None = None) -> None:
+    """Reading the file ``target`` fails with ``err``: at open when ``after`` is None, else once ``after``
+    bytes are read. Writing it, and every other file, work as before."""
+    real = builtins.open
+
+    def fake(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.path.abspath(file) == os.path.abspath(target) \
+                and "r" in mode and "+" not in mode:
+            if after is None:
+                raise OSError(err, os.strerror(err), str(file))
+            return FailsAfter(real(file, mode, *args, **kwargs), after, err)
+        return real(file, mode, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", fake)
+
+
+def cannot_read(path, reason: str) -> str:
+    return (f"{path}: cannot read the checkpoint ({reason}); it is left as it is, not taken for damaged: run the "
+            f"command again once it can be read")
+
+
+def epoch_checkpoints(folder) -> None:
+    """last.prev.pt (epoch 1) and last.pt (epoch 2), both good, as a fold that is training leaves them."""
+    state = {"model": {"w": torch.randn(1000)}, "optimizer": {}, "scheduler": {}}
+    pio.save_checkpoint(folder / "last.prev.pt", {**state, "state": {"epoch": 1}})
+    pio.save_checkpoint(folder / "last.pt", {**state, "state": {"epoch": 2}})
+
+
+@pytest.mark.parametrize("err, after", [(errno.EACCES, None), (errno.ESTALE, None), (errno.EIO, 0), (errno.EIO, 30),
+                                        (errno.EIO, 2000), (errno.EIO, 4000)],
+                         ids=["open-EACCES", "open-ESTALE", "read-EIO-at-0", "read-EIO-at-30", "read-EIO-at-2000",
+                              "read-EIO-at-4000"])
+def test_a_checkpoint_that_cannot_be_read_is_one_line_and_not_called_corrupt(tmp_path, monkeypatch, err, after):
+    epoch_checkpoints(tmp_path)
+    last = tmp_path / "last.pt"
+    unreadable(monkeypatch, last, err, after)
+    with pytest.raises(CheckpointReadError) as e:
+        pio.load_checkpoint(last)
+    assert str(e.value) == cannot_read(last, os.strerror(err))
+    assert not isinstance(e.value, CheckpointError) and "corrupt" not in str(e.value)
+
+
+@pytest.mark.parametrize("err, after, last_torn", [(errno.EACCES, None, False), (errno.EIO, 2000, False),
+                                                   (errno.EIO, 2000, True)],
+                         ids=["last-EACCES", "last-EIO", "last-torn-prev-EIO"])
+def test_a_last_pt_that_cannot_be_read_stops_the_resume_and_nothing_is_renamed(tmp_path, monkeypatch, capsys,
+                                                                                err, after, last_torn):
+    epoch_checkpoints(tmp_path)
+    if last_torn:  # damaged: the fallback to last.prev.pt is tried, and that one cannot be read
+        (tmp_path / "last.pt").write_bytes((tmp_path / "last.pt").read_bytes()[:-100])
+    before = snapshot(tmp_path)
+    which = tmp_path / ("last.prev.pt" if last_torn else "last.pt")
+    unreadable(monkeypatch, which, err, after)
+    with pytest.raises(CheckpointReadError, match=f"^{re.escape(cannot_read(which, os.strerror(err)))}$"):
+        K.last_usable(tmp_path)
+    assert snapshot(tmp_path) == before  # both files as they were, no .corrupt
+    assert ("last.pt: truncated or corrupt" in capsys.readouterr().err) == last_torn
+
+
+def test_a_last_pt_without_read_permission_stops_the_resume_and_nothing_is_renamed(tmp_path):
+    probe = tmp_path / "probe"
+    probe.touch(mode=0)
+    readable = os.access(probe, os.R_OK)
+    probe.unlink()
+    if readable:
+        pytest.skip("this user reads a file whatever its permissions (root)")
+    epoch_checkpoints(tmp_path)
+    before = snapshot(tmp_path)
+    (tmp_path / "last.pt").chmod(0)
+    try:
+        says = cannot_read(tmp_path / "last.pt", "Permission denied")
+        with pytest.raises(CheckpointReadError, match=re.escape(says)):
+            K.last_usable(tmp_path)
+    finally:
+        (tmp_path / "last.pt").chmod(0o644)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_best_pt_that_cannot_be_read_is_not_rewritten_on_resume(tmp_path, monkeypatch):
+    model = torch.nn.Linear(4, 1)
+    fold = SimpleNamespace(dir=tmp_path, evaluated=model, state={"epoch": 2, "best_epoch": 2, "best_auc": 0.7})
+    K.save_best(fold, 1, 0.6)  # of another epoch: repair_best rewrites it when it can read it
+    before = snapshot(tmp_path)
+    unreadable(monkeypatch, tmp_path / "best.pt", errno.EIO, 100)
+    with pytest.raises(CheckpointReadError, match=re.escape(cannot_read(tmp_path / "best.pt", "Input/output error"))):
+        K.repair_best(fold)
+    assert snapshot(tmp_path) == before
+    monkeypatch.undo()
+    K.repair_best(fold)
+    assert pio.load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+
+
+def test_train_py_stops_at_a_checkpoint_it_cannot_read_and_the_same_command_then_resumes(tiny_data, tmp_path,
+                                                                                          monkeypatch):
+    args = tiny_overrides(tiny_data, tmp_path, **{"folds.n_folds": 2, "train.epochs": 2})
+    fold = load_config(None, args).exp_dir / "fold0"
+    with monkeypatch.context() as m:  # best.pt is written each time, and cannot be read when the fold ends
+        unreadable(m, fold / "best.pt", errno.EACCES)
+        line = one_error_line(run_main(ROOT / "train.py", "--folds", "0", *args, cwd=tmp_path, check=False))
+    assert line == "error: " + cannot_read(fold / "best.pt", "Permission denied")
+    assert sorted(p.name for p in fold.iterdir()) == ["best.pt", "last.prev.pt", "last.pt", "log.csv"]
+    before = snapshot(fold)
+    with monkeypatch.context() as m:  # the resume: last.pt fails in the middle of its read
+        unreadable(m, fold / "last.pt", errno.EIO, 2000)
+        line = one_error_line(run_main(ROOT / "train.py", "--folds", "0", *args, cwd=tmp_path, check=False))
+    assert line == "error: " + cannot_read(fold / "last.pt", "Input/output error")
+    assert snapshot(fold) == before  # nothing renamed, nothing trained
+    out = run_main(ROOT / "train.py", "--folds", "0", *args, cwd=tmp_path).stdout
+    assert f"fold 0: resuming from {fold / 'last.pt'} after epoch 2" in out
+    assert sorted(p.name for p in fold.iterdir()) == ["best.pt", "log.csv", "val_predictions.csv"]
+
+
+def test_infer_py_on_a_best_pt_it_cannot_read_is_one_line_and_writes_nothing(trained, monkeypatch):
+    before = snapshot(trained.exp)
+    best = trained.exp / "fold1" / "best.pt"
+    unreadable(monkeypatch, best, errno.EIO, 2000)
+    line = one_error_line(run_main(ROOT / "infer.py", *trained.args, cwd=trained.work, check=False))
+    assert line == "error: " + cannot_read(best, "Input/output error")
+    assert snapshot(trained.exp) == before
+
+
 # -- inputs almost right, inputs changed ----------------------------------------------------------------
 
 def test_a_submission_follows_its_templates_columns_and_new_categories_are_said(trained, tiny_data, capsys):
@@ -221,7 +371,7 @@ def test_a_submission_follows_its_templates_columns_and_new_categories_are_said(
     test = pd.read_csv(data / "test.csv")
     test.assign(sex=test["sex"].map({"male": "M", "female": "F"})).to_csv(data / "test.csv", index=False)
     capsys.readouterr()
-    path = I.make_submission(fresh(trained, **{"data.root": str(data)}), data_overrides=[f"data.root={data}"])
+    path = I.make_submission(fresh(trained, **{"data.root": str(data)}), given=["data.root"])
     sub = pd.read_csv(path)
     assert list(sub.columns) == ["target", "image_name"] and list(sub["image_name"]) == list(template["image_name"])
     assert sub["target"].between(0, 1).all()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import ROOT, only, tiny_overrides
 
 from pipeline.core.config import to_yaml
@@ -191,16 +192,25 @@ def test_resume_without_any_usable_checkpoint_names_the_files(tmp_path):
     assert (tmp_path / "last.pt").exists()  # nothing is set aside when nothing can be used
 
 
-def test_resume_falls_back_to_previous_checkpoint(tmp_path, capsys):
-    state = {"model": {}, "optimizer": {}, "scheduler": {}}
+@pytest.mark.parametrize("damage", ["torn", "flipped"])
+def test_resume_falls_back_to_previous_checkpoint(tmp_path, capsys, damage):
+    w = torch.arange(256, dtype=torch.float32)
+    state = {"model": {"w": w}, "optimizer": {}, "scheduler": {}}
     save_checkpoint(tmp_path / "last.prev.pt", {**state, "state": {"epoch": 1}})
     save_checkpoint(tmp_path / "last.pt", {**state, "state": {"epoch": 2}})
-    good = (tmp_path / "last.pt").read_bytes()
-    (tmp_path / "last.pt").write_bytes(good[:-100])
+    bad = bytearray((tmp_path / "last.pt").read_bytes())
+    if damage == "torn":
+        del bad[-100:]
+    else:  # a bit of the tensor's data: only the checksum sees it
+        bad[bad.find(w.numpy().tobytes()) + 100] ^= 0x10
+    (tmp_path / "last.pt").write_bytes(bytes(bad))
     path, ckpt = K.last_usable(tmp_path)
     assert path.name == "last.prev.pt" and ckpt["state"]["epoch"] == 1
-    assert "last.pt" in capsys.readouterr().err
-    # the torn file is set aside, so the next save does not rotate it over the good one
+    err = capsys.readouterr().err
+    assert f"warning: {tmp_path / 'last.pt'}: " + ("truncated or corrupt checkpoint" if damage == "torn" else
+                                                   "corrupt checkpoint (checksum mismatch)") in err
+    assert f"warning: resuming from {tmp_path / 'last.prev.pt'} instead; last.pt kept as last.pt.corrupt" in err
+    # the damaged file is set aside, so the next save does not rotate it over the good one
     assert not (tmp_path / "last.pt").exists() and (tmp_path / "last.pt.corrupt").exists()
 
 

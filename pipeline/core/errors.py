@@ -32,6 +32,11 @@ class CheckpointError(PipelineError):
     """A checkpoint file is missing, truncated, corrupt or unsafe."""
 
 
+class CheckpointReadError(PipelineError):
+    """A checkpoint file could not be opened or read (an OSError: no permission, an I/O error, a stale
+    network mount); not a CheckpointError, as it says nothing about the file's content."""
+
+
 class StorageError(PipelineError):
     """A folder cannot be written: read-only, not allowed, or too little free space (pipeline/core/disk.py)."""
 

@@ -1,5 +1,7 @@
 """The checkpoint file: tensors and plain values with a checksum, written atomically, loaded
-weights-only (a checkpoint cannot run code).
+weights-only (a checkpoint cannot run code). Loading tells a file that cannot be read (an OSError of
+the file system: CheckpointReadError) from a damaged one (a failed checksum, a format torch cannot
+read: CheckpointError).
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.core.errors import CheckpointError
+from pipeline.core.errors import CheckpointError, CheckpointReadError
 from pipeline.core.files import atomic_write
 
 CHECKSUM_KEY = "_crc32"
@@ -74,26 +76,95 @@ def save_checkpoint(path, obj: dict) -> Path:
     return atomic_write(path, write)
 
 
-def load_checkpoint(path) -> dict:
-    """Load tensors only (``weights_only=True``): a checkpoint cannot run code. Anything that is not
-    a readable dict whose checksum (when it has one) matches raises CheckpointError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+class _Reads:
+    """A file for torch.load that keeps the OSError of a failed read or close: what the file system
+    could not deliver, which says nothing about the file's content. A seek reads nothing, and fails
+    on a damaged file (the zip reader seeks to a negative offset in a truncated one): its errors are
+    not kept. It has no ``fileno``, so torch reads every format through it."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def _kept(self, method, *args):
+        try:
+            return method(*args)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def read(self, *args):
+        return self._kept(self.fh.read, *args)
+
+    def readinto(self, *args):
+        return self._kept(self.fh.readinto, *args)
+
+    def readline(self, *args):
+        return self._kept(self.fh.readline, *args)
+
+    def seek(self, *args):
+        return self.fh.seek(*args)
+
+    def tell(self):
+        return self.fh.tell()
+
+    def close(self):
+        return self._kept(self.fh.close)
+
+
+def read_error(path, e: OSError) -> CheckpointReadError:
+    """A checkpoint that the file system would not give, as one line naming it and the OS's reason."""
+    reason = e.strerror or str(e) or type(e).__name__
+    return CheckpointReadError(f"{path}: cannot read the checkpoint ({reason}); it is left as it is, not taken "
+                               f"for damaged: run the command again once it can be read")
+
+
+def _opened(path: Path) -> _Reads:
+    """``path`` open for reading; CheckpointError when there is no such file, CheckpointReadError when
+    the file system refuses it."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+        if path.is_file():
+            return _Reads(open(path, "rb"))
+    except OSError as e:
+        raise read_error(path, e) from None
+    raise CheckpointError(f"checkpoint not found: {path}")
+
+
+def _damaged(path: Path, e: Exception) -> CheckpointError:
+    """What torch.load raised while every read succeeded: a truncated, corrupt or unsafe file."""
+    if isinstance(e, pickle.UnpicklingError):
         if "weights only load failed" not in str(e).lower():
-            raise CheckpointError(f"{path}: truncated or corrupt checkpoint (UnpicklingError: {e})") from None
+            return CheckpointError(f"{path}: truncated or corrupt checkpoint (UnpicklingError: {e})")
         reason = next((line.strip().split(" Please")[0] for line in str(e).splitlines() if "Unsupported" in line),
                       "unsupported content")
         if "GLOBAL" in reason:  # it names a Python callable or class: loading it could run code
-            raise CheckpointError(f"{path}: refused, it holds more than tensors and plain values "
-                                  f"(weights_only load: {reason})") from None
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint (weights_only load: {reason})") from None
-    except Exception as e:  # torch.load raises many types on damaged files (RuntimeError, OSError, KeyError...)
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {first})") from None
+            return CheckpointError(f"{path}: refused, it holds more than tensors and plain values "
+                                   f"(weights_only load: {reason})")
+        return CheckpointError(f"{path}: truncated or corrupt checkpoint (weights_only load: {reason})")
+    first = str(e).splitlines()[0] if str(e) else ""  # damaged bytes raise many types (RuntimeError, KeyError...)
+    return CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {first})")
+
+
+def _torch_load(path: Path):
+    """torch.load of ``path``, tensors only. A failed open, read or close (any OSError of the file
+    system) raises CheckpointReadError; anything else torch.load raises is damage: CheckpointError."""
+    fh = _opened(path)
+    try:
+        try:
+            return torch.load(fh, map_location="cpu", weights_only=True)
+        finally:
+            fh.close()
+    except Exception as e:
+        if fh.error is not None:
+            raise read_error(path, fh.error) from None
+        raise _damaged(path, e) from None
+
+
+def load_checkpoint(path) -> dict:
+    """Load tensors only (``weights_only=True``): a checkpoint cannot run code. A file that cannot be
+    opened or read raises CheckpointReadError naming it; one that was read but is not a readable dict
+    whose checksum (when it has one) matches raises CheckpointError naming it."""
+    path = Path(path)
+    obj = _torch_load(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: not a checkpoint (holds a {type(obj).__name__}, expected a dict)")
     if CHECKSUM_KEY in obj:

@@ -21,21 +21,31 @@ import torch
 from pipeline.core.errors import CheckpointError
 from pipeline.core.files import remove_stale_temps
 from pipeline.model.backends import for_inference
-from pipeline.model.checkpoint_file import load_checkpoint, save_checkpoint
+from pipeline.model.checkpoint_file import load_checkpoint, read_error, save_checkpoint
 from pipeline.model.net import build_model
 from pipeline.model.runtime import Runtime, make_runtime, place
 
 RESUME_KEYS = ("model", "optimizer", "scheduler", "state")
 
 
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists; CheckpointReadError when the file system will not say."""
+    try:
+        return path.exists()
+    except OSError as e:
+        raise read_error(path, e) from None
+
+
 def last_usable(fold_dir: Path) -> tuple[Path, dict] | None:
-    """The last epoch checkpoint, falling back to the previous one when the last is damaged (which
-    is then set aside as <name>.corrupt, so that the next rotation keeps the good one). None when
-    the fold has no checkpoint; CheckpointError when none of them is usable."""
+    """The last epoch checkpoint, falling back to the previous one when the last is damaged (a
+    CheckpointError: failed checksum, unreadable format; it is then set aside as <name>.corrupt, so
+    that the next rotation keeps the good one). None when the fold has no checkpoint; CheckpointError
+    when none of them is usable. A file that cannot be read (CheckpointReadError: no permission, an
+    I/O error) stops it at once, before any file is renamed."""
     damaged = []
     for name in ("last.pt", "last.prev.pt"):
         path = fold_dir / name
-        if not path.exists():
+        if not _exists(path):
             continue
         try:
             ckpt = load_checkpoint(path)
@@ -98,7 +108,9 @@ def save_epoch(f, improved: bool, auc: float) -> None:
 
 
 def repair_best(f) -> None:
-    """Killed between last.pt and best.pt of an improving epoch: rewrite best.pt from last.pt."""
+    """Killed between last.pt and best.pt of an improving epoch: rewrite best.pt from last.pt when
+    best.pt is missing, damaged (CheckpointError) or of another epoch. A best.pt that cannot be read
+    (CheckpointReadError) is left as it is, and the error stops the run."""
     if f.state["best_epoch"] != f.state["epoch"] or f.state["epoch"] == 0:
         return
     try:
@@ -124,7 +136,9 @@ def predicting_model(cfg, n_meta: int, fold_dir: Path, diagnosis=None, device: t
     predicts: its OOF rows (trainer.finish_fold), the submission (infer.py), re-predictions
     (benchmarks/tta_views.py). ``diagnosis``: the classes of the diagnosis head, when it has one.
     ``cpu_bf16`` turns bfloat16 on for CPU inference only. ``infer.backend`` says what runs it
-    (backends.for_inference): the module itself, or a Runner over a compiled or exported copy."""
+    (backends.for_inference): the module itself, or a Runner over a compiled or exported copy.
+    A best.pt that cannot be read raises CheckpointReadError, a damaged one CheckpointError; neither
+    changes a file."""
     model = build_model(cfg, n_meta, diagnosis, pretrained="none")
     model.load_state_dict(load_checkpoint(fold_dir / "best.pt")["model"])
     t, i = cfg.train, cfg.infer
