@@ -171,6 +171,8 @@ def test_keep_and_drop_where_compare_as_numbers_when_the_value_is_a_number(tmp_p
     assert list(kept["id"]) == ["d", "e", "f"]
     assert list(filter_rows(df, {"tfrecord": 3}, {}, path, "keep_where")["id"]) == ["b"]
     assert list(filter_rows(df, {"tfrecord": "-1"}, {}, path, "keep_where")["id"]) == ["c"]  # text: as written
+    text = df.astype({"tfrecord": "string"})  # a string column (as the id column is read): blanks and words kept
+    assert list(filter_rows(text, {}, {"tfrecord": -1}, path, "drop_where")["id"]) == ["b", "d", "e", "f"]
 
 
 def test_without_a_group_column_every_row_is_its_own_group():

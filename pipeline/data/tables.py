@@ -107,7 +107,7 @@ def read_csv(path: Path, id_col: str, required: list[str]) -> pd.DataFrame:
 def _equals(series: pd.Series, value) -> pd.Series:
     """Column == value, numerically when the value is a number (so -1 matches -1.0)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return pd.to_numeric(series, errors="coerce") == value
+        return (pd.to_numeric(series, errors="coerce") == value).fillna(False).astype(bool)  # NA: no match
     return series.astype("string").fillna("") == str(value)
 
 
