@@ -15,7 +15,10 @@ def mixup(images: torch.Tensor, meta: torch.Tensor, target: torch.Tensor, prob: 
     if prob <= 0 or rng.random() >= prob:
         return images, meta, target, target, 1.0
     lam = float(rng.beta(alpha, alpha))
-    perm = torch.from_numpy(rng.permutation(images.shape[0])).to(images.device)
+    perm = torch.from_numpy(rng.permutation(images.shape[0]))
+    if images.is_cuda:  # from pinned memory the copy does not wait for the device
+        perm = perm.pin_memory()
+    perm = perm.to(images.device, non_blocking=True)
     # lerp(b, a, lam) = lam * a + (1 - lam) * b in one pass over the batch (twice as fast on CPU)
     images = torch.lerp(images[perm], images, lam)
     meta = torch.lerp(meta[perm], meta, lam)
@@ -25,14 +28,17 @@ def mixup(images: torch.Tensor, meta: torch.Tensor, target: torch.Tensor, prob: 
 def head_loss(logits: torch.Tensor, y: torch.Tensor, aux_weight: float = 0.0) -> torch.Tensor:
     """BCE of the binary logit (column 0); with (target, class) rows and the diagnosis head, plus
     ``aux_weight`` x the cross-entropy of the class logits over the rows whose class is known (a
-    class of -1, unknown, adds nothing)."""
+    class of -1, unknown, adds nothing; a batch without a known class adds 0). The mean over the known
+    rows is their summed cross-entropy over their count (at least 1), without reading the count on
+    the host: no device-to-host copy."""
     if y.ndim == 1:
         return F.binary_cross_entropy_with_logits(logits[:, 0], y)
     loss = F.binary_cross_entropy_with_logits(logits[:, 0], y[:, 0])
-    known = y[:, 1] >= 0
-    if aux_weight > 0 and bool(known.any()):
-        loss = loss + aux_weight * F.cross_entropy(logits[known, 1:], y[known, 1].long())
-    return loss
+    if aux_weight <= 0:
+        return loss
+    classes = y[:, 1].long()
+    summed = F.cross_entropy(logits[:, 1:], classes, ignore_index=-1, reduction="sum")
+    return loss + aux_weight * (summed / (classes >= 0).sum().clamp(min=1))
 
 
 def mixup_loss(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float,

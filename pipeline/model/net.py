@@ -179,6 +179,14 @@ class ImageMetaNet(nn.Module):
         return self.head(x)
 
 
+def sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with its batch norms synchronised over the process group (train.sync_bn), by timm's
+    converter: a BatchNormAct2d becomes a SyncBatchNormAct with the same activation and drop modules,
+    any other batch norm a SyncBatchNorm. Parameters and buffers are the same tensors under the same
+    state-dict keys, so the checkpoints load into the model built without it (which predicts)."""
+    return timm.layers.convert_sync_batchnorm(model)
+
+
 def build_model(cfg, n_meta: int, diagnosis=None, pretrained: str | None = None) -> ImageMetaNet:
     """The configured model; ``diagnosis`` (pipeline/data/diagnosis.py, None without the diagnosis head)
     gives the head its classes."""

@@ -29,13 +29,29 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
+BF16_CAPABILITY = (8, 0)  # sm_80 (Ampere) and later compute bfloat16 natively
+
+
+def autocast_dtype(device_type: str, capability: tuple[int, int] | None, amp: bool,
+                   cpu_bf16: bool) -> torch.dtype | None:
+    """The autocast dtype, from the device's type and CUDA compute capability (None when unknown or
+    not CUDA). On CUDA with ``amp``: bfloat16 from capability 8.0 on, float16 below it or when the
+    capability is unknown (the trainer then scales the loss with a GradScaler); None without
+    ``amp``. Elsewhere: bfloat16 with ``cpu_bf16``, else None."""
+    if device_type != "cuda":
+        return torch.bfloat16 if cpu_bf16 else None
+    if not amp:
+        return None
+    return torch.bfloat16 if capability is not None and tuple(capability) >= BF16_CAPABILITY else torch.float16
+
+
 def make_runtime(model: torch.nn.Module, amp: bool, cpu_bf16: bool, channels_last: bool,
                  device: torch.device | None = None, progress: bool = True) -> Runtime:
+    """The runtime of ``model`` on ``device`` (CUDA when there is one, else the CPU); its autocast
+    dtype from ``autocast_dtype`` with the device's compute capability."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if amp else None
-    else:
-        amp_dtype = torch.bfloat16 if cpu_bf16 else None
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    amp_dtype = autocast_dtype(device.type, capability, amp, cpu_bf16)
     data_cfg = timm.data.resolve_model_data_config(model.backbone)
     mean = torch.tensor(data_cfg["mean"], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(data_cfg["std"], device=device).view(1, 3, 1, 1) * 255

@@ -73,6 +73,58 @@ class Dist:
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
         return bool(t.item())
 
+    def vote(self) -> StopVote:
+        """A fresh ``StopVote`` over this process group: ``any`` once per step without waiting."""
+        return StopVote(self)
+
+
+class StopVote:
+    """``Dist.any`` asked once per step, answered one call late so that the host does not wait for
+    it: each call starts an all-reduce (MAX) of its flag without waiting and returns the outcome of
+    the call before (False on the first). The ranks make the same calls, so they get the same
+    answers: all stop at the same step, the one after the first rank's flag turned true. On CUDA
+    the outcome is copied to the host behind the step that asked, and read at the next call, after
+    that step's work (the next step's is queued behind it). One process: the flag itself, at once."""
+
+    def __init__(self, dist: Dist):
+        self.dist, self.pending = dist, None
+
+    def __call__(self, flag: bool) -> bool:
+        if self.dist.world == 1:
+            return flag
+        before = self.settle()
+        t = torch.full((1,), int(flag), device=self.dist.device)  # a fill: no copy from the host
+        work = tdist.all_reduce(t, op=tdist.ReduceOp.MAX, async_op=True)
+        self.pending = _cuda_outcome(work, t) if t.is_cuda else _host_outcome(work, t)
+        return before
+
+    def settle(self) -> bool:
+        """The outcome of the vote in flight (False when none), waited for; none is in flight after."""
+        pending, self.pending = self.pending, None
+        return False if pending is None else pending()
+
+
+def _host_outcome(work, t: torch.Tensor):
+    """The reduce's outcome, read when asked: waits for the reduce then."""
+    def outcome() -> bool:
+        work.wait()
+        return bool(t[0])
+    return outcome
+
+
+def _cuda_outcome(work, t: torch.Tensor):
+    """The reduce's outcome, copied to pinned host memory behind the work queued so far; reading it
+    waits for that copy only."""
+    work.wait()  # the current stream waits for the reduce; the host does not
+    host = t.to("cpu", non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def outcome() -> bool:
+        copied.synchronize()
+        return bool(host[0])
+    return outcome
+
 
 SINGLE = Dist()
 

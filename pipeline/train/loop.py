@@ -13,6 +13,8 @@ from tqdm import tqdm
 from pipeline.model.mixup import mixup, mixup_loss
 from pipeline.model.runtime import Runtime, forward, one_thread, to_input
 
+LOSS_EVERY = 50  # optimizer steps between two readings of the running loss for the progress bar
+
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, step: int,
                     mixup_prob: float, mixup_alpha: float, rng: np.random.Generator, desc: str = "train",
@@ -23,15 +25,19 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, st
     own, with the same draws on every rank. Under DDP the gradients are averaged over the ranks
     at the last micro-batch of a step only. Stops early (between steps) when ``should_stop()``
     turns true; it is asked once per step on every rank. ``after_step(step)`` runs after each
-    optimizer step (the EMA update)."""
+    optimizer step (the EMA update).
+
+    The host reads nothing from the device per step: the batch goes to the device without waiting,
+    the running loss is summed on the device (in float64) and read once at the end, and the progress
+    bar shows it every ``LOSS_EVERY`` optimizer steps (with its learning rate every step)."""
     model.train()
-    total, seen = 0.0, 0
+    total, seen, shown = torch.zeros((), dtype=torch.float64, device=rt.device), 0, {}
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not rt.progress)
     for i, (images, meta, y) in enumerate(bar):
         last = (i + 1) % accumulate == 0
-        y = y.to(rt.device)
-        meta = meta.to(rt.device)
+        y = y.to(rt.device, non_blocking=True)
+        meta = meta.to(rt.device, non_blocking=True)
         with one_thread(rt):
             x = to_input(images, rt)
             x, meta, y_a, y_b, lam = mixup(x, meta, y, mixup_prob, mixup_alpha, rng)
@@ -39,7 +45,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, st
         with sync:
             loss = mixup_loss(forward(model, x, meta, rt), y_a, y_b, lam, aux_weight)
             (scaler.scale(loss / accumulate) if scaler is not None else loss / accumulate).backward()
-        total += loss.item() * len(y)
+        total += loss.detach().double() * len(y)
         seen += len(y)
         if not last:
             continue
@@ -53,10 +59,12 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, rt: Runtime, st
         scheduler.step_update(step)
         if after_step is not None:
             after_step(step)
-        bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        if not bar.disable and step % LOSS_EVERY == 0:
+            shown = {"loss": f"{total.item() / seen:.4f}"}
+        bar.set_postfix(**shown, lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         if should_stop():
             break
-    return total / max(seen, 1), step
+    return total.item() / max(seen, 1), step
 
 
 def tta_views(images: torch.Tensor, n: int) -> list[torch.Tensor]:

@@ -33,7 +33,7 @@ from pipeline.data.prepare import TrainData, aux_head, check_batch_size, eval_lo
 from pipeline.experiment.oof import oof_rows, val_predictions_path, write as write_oof
 from pipeline.experiment.run import Run
 from pipeline.model.backends import check_backend, compiled_for_training
-from pipeline.model.net import build_model, check_backbone
+from pipeline.model.net import build_model, check_backbone, sync_batchnorm
 from pipeline.model.runtime import Runtime, make_runtime, place
 from pipeline.report.stats import auc
 from pipeline.train.checkpoints import predicting_model, repair_best, resume, retire, save_epoch
@@ -133,7 +133,7 @@ def build_fold(cfg: Config, data: TrainData, k: int, dist: Dist = SINGLE) -> Fol
         model.init_head_bias(float(binary[train_idx].mean()),
                              diagnosis.shares(data.codes[train_idx]) if diagnosis else None)
     if t.sync_bn and dist.world > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = sync_batchnorm(model)
     rt = make_runtime(model, t.amp, t.cpu_bf16, t.channels_last, dist.device, progress=dist.main)
     place(model, rt)
     ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True) if t.ema else None
@@ -174,11 +174,13 @@ def run_epoch(cfg: Config, f: Fold, epoch: int, stop, dist: Dist = SINGLE) -> di
     f.train_loader.generator.manual_seed(seed)
     f.train_ds.set_epoch(epoch)
     start = time.time()
+    vote = dist.vote()  # under torchrun every rank stops one step after the first Ctrl-C
     loss, f.state["step"] = train_one_epoch(
         f.net, f.train_loader, f.optimizer, f.scheduler, f.scaler, f.rt, f.state["step"], t.mixup_prob,
         t.mixup_alpha, np.random.default_rng(seed), desc=f"fold {f.k} epoch {epoch + 1}/{t.epochs}",
-        should_stop=lambda: dist.any(stop()), accumulate=t.accumulate,
+        should_stop=lambda: vote(stop()), accumulate=t.accumulate,
         after_step=None if f.ema is None else lambda step: f.ema.update(f.model, step=step), aux_weight=t.aux_weight)
+    vote.settle()
     if dist.any(stop()):
         raise Interrupted(f"in fold {f.k} during epoch {epoch + 1} (not saved; it is redone)")
     sync_slow_weights(f.optimizer)  # validate, save and resume the slow weights
@@ -270,7 +272,7 @@ def check_run(cfg: Config, dist: Dist) -> list[int]:
 def open_run(cfg: Config, folds: list[int], force: bool, dist: Dist) -> tuple[TrainData, Run | None]:
     """Rank 0 claims the folds, prepares the data and opens the experiment; a failure leaves the
     folder as it was, and stops the other ranks with its message. Ranks > 0 then read the data rank
-    0 made (the cache, the fold table)."""
+    0 made (the cache, the fold table) and stop in one line when their rows differ from rank 0's."""
     run, failed = None, None
     if dist.main:
         try:
@@ -287,7 +289,13 @@ def open_run(cfg: Config, folds: list[int], force: bool, dist: Dist) -> tuple[Tr
         raise failed
     if error is not None:
         raise PipelineError(f"rank 0 stopped: {error}")
-    return (data if dist.main else prepare(cfg)), run
+    ids = dist.broadcast(data.df[cfg.data.id_col].tolist() if dist.main else None)
+    if not dist.main:
+        data = prepare(cfg)
+        if data.df[cfg.data.id_col].tolist() != ids:  # an image read again here that rank 0 could not, or back
+            raise PipelineError(f"rank {dist.rank} read other training rows than rank 0 ({len(data.df)} against "
+                                f"{len(ids)}: an image became readable or unreadable between them); run again")
+    return data, run
 
 
 def train(cfg: Config, force: bool = False, dist: Dist = SINGLE) -> pd.DataFrame:
