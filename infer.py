@@ -2,6 +2,7 @@
 
     python infer.py --config configs/sample.yaml
     python infer.py --config configs/sample.yaml --allow-missing-folds infer.tta=8
+    python infer.py name=b0 output_dir=oof     # oof/b0 as trained: every key not given from its config.yaml
 """
 from pipeline.cli import infer_main, run
 

@@ -17,7 +17,7 @@ BASE=(--config configs/isic2017.yaml model.image_size=64 train.epochs=4 output_d
 "$PY" train.py "${BASE[@]}" name=no_lookahead train.lookahead_k=1 train.lookahead_alpha=1
 "$PY" train.py "${BASE[@]}" name=px96 model.image_size=96
 RUNS=(full_seed42 full_seed1 ema no_mixup no_lookahead px96)
-for run in "${RUNS[@]}"; do "$PY" infer.py "${BASE[@]}" name="$run"; done  # submissions, for the blends
+for run in "${RUNS[@]}"; do "$PY" infer.py output_dir=$OUT name="$run"; done  # submissions, as each was trained
 "$PY" -m pipeline cv "${RUNS[@]/#/$OUT/}" --baseline full_seed42 --out "$OUT/compare"
 "$PY" -m pipeline blend $OUT/full_seed42 $OUT/ema $OUT/px96 --name blend_rank --method rank
 "$PY" -m pipeline blend $OUT/full_seed42 $OUT/ema $OUT/px96 --name blend_fit --method fit

@@ -9,7 +9,8 @@ import argparse
 import sys
 
 from pipeline.core import disk
-from pipeline.core.config import from_dict, help_text, load_config, to_dict, with_overrides
+from pipeline.core.config import (check_given, from_dict, given_keys, help_text, load_config, to_dict,
+                                  with_overrides)
 from pipeline.core.errors import ConfigError, Interrupted, first_few, guarded
 
 
@@ -68,16 +69,21 @@ def train_main(argv=None):
                                    "<name>_seed<k>, then compared (the seed-to-seed noise, measured)")
     args = p.parse_intermixed_args(argv)
     folds, seeds = parse_ints(args.folds), parse_ints(args.seeds, "--seeds", "1,2,3")
-    cfg = load_config(args.config, args.overrides + ([f"train.folds={folds}"] if folds is not None else []))
+    overrides = args.overrides + ([f"train.folds={folds}"] if folds is not None else [])
+    cfg = load_config(args.config, overrides)
     runs = [with_overrides(from_dict(to_dict(cfg)), [f"train.seed={s}", f"name={cfg.name}_seed{s}"])
             for s in seeds] if seeds is not None else [cfg]
+    from pipeline.experiment.folder import resumed_config
+    given = given_keys(args.config, overrides)
+    runs = [resumed_config(r, given) for r in runs]  # an existing experiment's data root, cache, workers...
+    check_given(runs[0], given)
     from pipeline.report.cv import compare, report
     from pipeline.train import distributed
     from pipeline.train.process import tune_process
     from pipeline.train.trainer import train
     if len(runs) > 1:
         check_runs(runs, args.force)
-    tune_process(cfg)
+    tune_process(runs[0])
     dist = distributed.init()  # torchrun: join its process group
     try:
         oofs = [train(r, force=args.force, dist=dist) for r in runs]
@@ -105,13 +111,15 @@ def infer_main(argv=None):
     p.add_argument("--allow-missing-folds", action="store_true", help="use the folds that exist: the same as "
                    "infer.allow_missing_folds=true")
     args = p.parse_intermixed_args(argv)
-    flag = ["infer.allow_missing_folds=true"] if args.allow_missing_folds else []
-    cfg = load_config(args.config, args.overrides + flag)
-    from pipeline.train.infer import make_submission
+    overrides = args.overrides + (["infer.allow_missing_folds=true"] if args.allow_missing_folds else [])
+    cfg = load_config(args.config, overrides)
+    from pipeline.train.infer import inference_config, predict_submission
     from pipeline.train.process import tune_process
+    given = given_keys(args.config, overrides)
+    cfg = inference_config(cfg, given)  # the keys not given: as trained
+    check_given(cfg, given)
     tune_process(cfg)
-    # data.* overrides also redirect the trained experiment's test set (its saved config holds the rest)
-    make_submission(cfg, data_overrides=[o for o in args.overrides if o.strip().startswith("data.")])
+    predict_submission(cfg)
 
 
 def cv_main(argv=None) -> int:

@@ -190,7 +190,8 @@ def test_training_an_experiment_with_other_tta_views_is_refused_and_infer_may_us
     with pytest.raises(ExperimentError, match=r"infer\.tta: 2 -> 8\) \(infer\.tta is the TTA of its OOF"):
         check_config(tiny_cfg(**{"infer.tta": 8}), force=False)
     assert check_config(tiny_cfg(**{"infer.batch_size": 3}), force=False) == []  # still a run-only key
-    assert inference_config(tiny_cfg(**{"infer.tta": 8})).infer.tta == 8  # the submission's views are free
+    assert inference_config(tiny_cfg(**{"infer.tta": 8}), {"infer.tta"}).infer.tta == 8  # the submission's are free
+    assert inference_config(tiny_cfg(**{"infer.tta": 8})).infer.tta == 2  # not given: as trained
 
 
 def test_tta_views_refuses_view_counts_beyond_the_eight_views(world, capsys):

@@ -61,6 +61,31 @@ CONFIG_ERRORS = {  # id: (files made in the work folder, command line, its one e
     "meta_hidden": ({}, ["model.meta_hidden=[64]"],
                     "error: model.meta_hidden must be two positive widths such as [128, 32], got [64]"),
     "tta9": ({}, ["infer.tta=9"], "error: infer.tta must be between 1 and 8"),
+    # what issues 17 and 18 added (the diagnosis head, model.predict, infer.backend, train.compile), misused
+    "aux_weight_inf": ({}, ["data.diagnosis_col=diagnosis", "train.aux_weight=.inf"],
+                       "error: config key 'train.aux_weight' expects a finite number, got inf "
+                       "(in the command-line overrides)"),
+    "lr_inf": ({}, ["train.lr=inf"],
+               "error: config key 'train.lr' expects a finite number, got inf (in the command-line overrides)"),
+    "diagnosis_is_target": ({}, ["data.diagnosis_col=target", "train.aux_weight=1"],
+                            "error: data.diagnosis_col=target names the id, target or group column; the diagnosis "
+                            "is a column of its own (e.g. diagnosis)"),
+    "melanoma_class_alone": ({}, ["data.melanoma_class=MEL"],
+                             "error: data.melanoma_class does nothing without data.diagnosis_col: give "
+                             "data.diagnosis_col too, or leave data.melanoma_class out"),
+    "external_diagnosis_alone": ({"my.yaml": "data:\n  diagnosis_col: diagnosis\n  external_diagnosis: "
+                                             "{MEL: melanoma}\n"}, ["--config", "my.yaml"],
+                                 "error: data.external_diagnosis does nothing without data.external_csv: give "
+                                 "data.external_csv too, or leave data.external_diagnosis out"),
+    "mapping_without_spaces": ({}, ["data.diagnosis_col=diagnosis", "data.external_diagnosis={MEL:melanoma}"],
+                               "error: config key 'data.external_diagnosis': the entry 'MEL:melanoma' has no value; "
+                               "YAML needs a space after the colon: {MEL: melanoma} (in the command-line overrides)"),
+    "compile_mode_alone": ({}, ["train.compile_mode=max-autotune"],
+                           "error: train.compile_mode does nothing without train.compile=true: give "
+                           "train.compile=true too, or leave train.compile_mode out"),
+    "infer_compile_mode_alone": ({}, ["infer.backend=onnxruntime", "infer.compile_mode=reduce-overhead"],
+                                 "error: infer.compile_mode does nothing without infer.backend=compile: give "
+                                 "infer.backend=compile too, or leave infer.compile_mode out"),
 }
 
 
@@ -122,6 +147,44 @@ def test_more_folds_than_rows_at_train_py_is_one_line_and_writes_no_fold_table(t
                            f"rows ("), line
     assert line.endswith("); use fewer folds (folds.n_folds)"), line
     assert not list(data.glob("*_folds*.csv")) and not (tmp_path / "oof").exists()
+
+
+def diagnosed(data: Path, work: Path, diagnosis) -> Path:
+    """A copy of ``data`` whose training table's diagnosis column is ``diagnosis(table)``."""
+    copied = work / "data"
+    shutil.copytree(data, copied, ignore=shutil.ignore_patterns("*_folds*.csv"))
+    table = pd.read_csv(copied / "train.csv")
+    table.assign(diagnosis=diagnosis(table)).to_csv(copied / "train.csv", index=False)
+    return copied
+
+
+HEADS = {  # id: (the training table's diagnosis column, overrides, the error line after 'train.csv: ')
+    "all_missing": (lambda t: [None] * len(t), {},
+                    "column 'diagnosis' holds no class (every value is missing or unknown) in the training rows; "
+                    "the diagnosis head (train.aux_weight > 0) needs at least 2 classes: fix the column or set "
+                    "train.aux_weight=0"),
+    "one_class": (lambda t: t["target"].map({1: "melanoma", 0: "unknown"}), {},
+                  "column 'diagnosis' holds one class, melanoma, in the training rows; the diagnosis head "
+                  "(train.aux_weight > 0) needs at least 2 classes"),
+    "no_melanoma_class": (lambda t: t["diagnosis"], {"data.melanoma_class": "MEL", "model.predict": "diagnosis"},
+                          "column 'diagnosis' has no training row of class 'MEL' (data.melanoma_class; it has "
+                          "melanoma, nevus, seborrheic keratosis); model.predict=diagnosis reads that class's "
+                          "probability: set data.melanoma_class to one of them, or model.predict=binary"),
+}
+
+
+@pytest.mark.parametrize("case", HEADS)
+def test_a_diagnosis_head_without_two_classes_or_the_melanoma_class_is_one_line_before_training(trained, tmp_path,
+                                                                                                case):
+    """Before: no class was a ZeroDivisionError, one class a head whose softmax is 1 (AUC 0.5), no melanoma
+    class a ConfigError from the model; each after config.yaml and data.csv were written."""
+    diagnosis, extra, says = HEADS[case]
+    data = diagnosed(trained.data, tmp_path, diagnosis)
+    argv = args(data, tmp_path, **{"data.diagnosis_col": "diagnosis", "train.aux_weight": 1,
+                                   "model.predict": "mean", **extra})
+    line = one_error_line(run_main(TRAIN, *argv, cwd=tmp_path, check=False))
+    assert line.startswith(f"error: {data / 'train.csv'}: {says}"), line
+    assert not (tmp_path / "oof").exists()
 
 
 # --- on a trained experiment ------------------------------------------------------------------------

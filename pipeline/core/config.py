@@ -9,6 +9,7 @@ Unknown keys and values of the wrong type are errors, never silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ class DataConfig:
     external_diagnosis: dict = opt({}, "the external table's one-hot diagnosis columns and the class each stands for, "
                                        "e.g. {MEL: melanoma, NV: nevus}; {} = its diagnosis_col as a column")
     on_bad_image: str = opt("fail", "corrupt or unreadable training image: 'fail' or 'skip' (listed)")
-    generate_sample: bool = opt(True, "write the bundled synthetic sample into root if train_csv is missing")
+    generate_sample: bool = opt(True, "write the bundled synthetic sample into root when root is empty or absent")
     cache_dir: str = opt("input/cache", "decoded-image cache (uint8 arrays at the training size)")
 
 
@@ -98,7 +99,8 @@ class TrainConfig:
     epochs: int = opt(8, "maximum epochs per fold")
     batch_size: int = opt(32, "global training batch size (over all processes and accumulation steps); train.lr is for it")
     accumulate: int = opt(1, "gradient accumulation: micro-batches per optimizer step")
-    sync_bn: bool = opt(False, "SyncBatchNorm under torchrun (CUDA only): batch statistics over all processes")
+    sync_bn: bool = opt(False, "SyncBatchNorm under torchrun (CUDA only): batch statistics over all "
+                                "processes; timm's converter keeps each norm's activation")
     lr: float = opt(1e-3, "peak learning rate")
     min_lr: float = opt(1e-6, "final learning rate of the cosine schedule")
     warmup_epochs: float = opt(1.0, "linear warmup length in epochs")
@@ -121,7 +123,8 @@ class TrainConfig:
     num_workers: int = opt(0, "data loader worker processes")
     deterministic: bool = opt(False, "torch.use_deterministic_algorithms: bit-identical reruns on CUDA (slower; "
                                      "on CPU the loop is deterministic without it, and it cost 17% of a step)")
-    amp: bool = opt(True, "mixed precision on CUDA (bf16 where supported, else fp16)")
+    amp: bool = opt(True, "mixed precision on CUDA: bf16 on compute capability >= 8.0, "
+                             "else fp16 with a GradScaler")
     cpu_bf16: bool = opt(False, "bf16 autocast on CPU")
     channels_last: bool = opt(True, "channels_last memory format")
     compile: bool = opt(False, "torch.compile (inductor) the training step and validation; the saved weights stay "
@@ -185,6 +188,9 @@ class Config:
             (m.predict != "diagnosis" or (d.diagnosis_col and t.aux_weight > 0),
              "model.predict=diagnosis needs the diagnosis head: set data.diagnosis_col and train.aux_weight > 0"),
             (t.aux_weight >= 0, f"train.aux_weight must be >= 0, got {t.aux_weight}"),
+            (d.diagnosis_col not in (d.id_col, d.target_col, d.group_col) or not d.diagnosis_col,
+             f"data.diagnosis_col={d.diagnosis_col} names the id, target or group column; the diagnosis is a "
+             f"column of its own (e.g. diagnosis)"),
             (d.diagnosis_min_rows >= 1 and 0.0 <= d.max_contradictions <= 1.0,
              "data.diagnosis_min_rows must be >= 1 and data.max_contradictions in [0, 1]"),
             (t.epochs >= 1, "train.epochs must be >= 1"),
@@ -247,11 +253,17 @@ def _coerce(key: str, value, typ):
             except ValueError:
                 pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # .inf passes every range check and trains NaN
+                raise ConfigError(f"config key '{key}' expects a finite number, got {value!r}")
             return float(value)
     elif typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     elif typ is dict:
+        glued = [k for k, v in value.items() if v is None and ":" in str(k)] if isinstance(value, dict) else []
+        if glued:  # YAML reads {MEL:melanoma} as {'MEL:melanoma': None}
+            raise ConfigError(f"config key '{key}': the entry {glued[0]!r} has no value; YAML needs a space after "
+                              f"the colon: {{{str(glued[0]).replace(':', ': ', 1)}}}")
         if isinstance(value, dict):
             return value
         if value is None:
@@ -336,12 +348,52 @@ def load_config(paths: str | Path | list | None = None, overrides: list[str] | N
     """Defaults, then each YAML file in turn (a later file overrides an earlier one key by key,
     e.g. a data layout then a training recipe), then the overrides; ranges checked at the end."""
     cfg = Config()
-    for path in [] if paths is None else [paths] if isinstance(paths, (str, Path)) else paths:
+    for path in _paths(paths):
         try:
             _update(cfg, read_yaml(path))
         except ConfigError as e:
             raise ConfigError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
     return with_overrides(cfg, overrides or [])
+
+
+# Keys that do something only beside another key's value: (key, that value, whether cfg has it).
+NEEDS = [("train.compile_mode", "train.compile=true", lambda c: c.train.compile),
+         ("infer.compile_mode", "infer.backend=compile", lambda c: c.infer.backend == "compile"),
+         *[(f"data.{k}", "data.diagnosis_col", lambda c: bool(c.data.diagnosis_col))
+           for k in ("diagnosis_min_rows", "melanoma_class", "max_contradictions", "external_diagnosis")],
+         ("data.external_diagnosis", "data.external_csv", lambda c: bool(c.data.external_csv))]
+
+
+def check_given(cfg: Config, given: set[str]) -> None:
+    """A key the command was given that does nothing with the rest of ``cfg`` (NEEDS) is refused,
+    never dropped in silence."""
+    for key, needs, met in NEEDS:
+        if key in given and not met(cfg):
+            raise ConfigError(f"{key} does nothing without {needs}: give {needs} too, or leave {key} out")
+
+
+def _paths(paths: str | Path | list | None) -> list:
+    return [] if paths is None else [paths] if isinstance(paths, (str, Path)) else list(paths)
+
+
+def given_keys(paths: str | Path | list | None = None, overrides: list[str] | None = None) -> set[str]:
+    """The dotted keys that the YAML files and the overrides set (``load_config``'s arguments, loaded
+    without error by it): the keys a command was given, as opposed to those left at their defaults."""
+    keys: set[str] = set()
+    for values in [*map(read_yaml, _paths(paths)), parse_overrides(overrides or [])]:
+        keys |= _leaf_keys(Config(), values)
+    return keys
+
+
+def _leaf_keys(obj, values: dict, prefix: str = "") -> set[str]:
+    hints = typing.get_type_hints(type(obj))
+    out: set[str] = set()
+    for key, value in values.items():
+        if dataclasses.is_dataclass(hints.get(key)) and isinstance(value, dict):
+            out |= _leaf_keys(getattr(obj, key), value, f"{prefix}{key}.")
+        else:
+            out.add(f"{prefix}{key}")
+    return out
 
 
 def with_overrides(cfg: Config, overrides: list[str]) -> Config:

@@ -130,6 +130,8 @@ def fit_diagnosis(cfg: Config, df: pd.DataFrame, test: pd.DataFrame | None) -> D
     if not d.diagnosis_col:
         return None
     diagnosis = Diagnosis.fit(df[d.diagnosis_col], d.diagnosis_col, d.diagnosis_min_rows, d.melanoma_class)
+    if aux_head(cfg):
+        check_head(cfg, diagnosis, str(data_path(cfg, d.train_csv)))
     in_folds = ~df["is_external"].to_numpy()
     for rows, name in [(in_folds, d.train_csv), (~in_folds, d.external_csv)]:
         if rows.any():
@@ -138,6 +140,21 @@ def fit_diagnosis(cfg: Config, df: pd.DataFrame, test: pd.DataFrame | None) -> D
     if test is not None:
         check_test(diagnosis, test, d.id_col, str(data_path(cfg, d.test_csv)))
     return diagnosis
+
+
+def check_head(cfg: Config, diagnosis: Diagnosis, where: str) -> None:
+    """The diagnosis head needs two classes or more in the training rows, and a read-out of the
+    melanoma class (model.predict diagnosis or mean) needs that class among them."""
+    col, classes = diagnosis.column, diagnosis.classes
+    if len(classes) < 2:
+        held = f"one class, {classes[0]}," if classes else "no class (every value is missing or unknown)"
+        raise DataError(f"{where}: column '{col}' holds {held} in the training rows; the diagnosis head "
+                        f"(train.aux_weight > 0) needs at least 2 classes: fix the column or set train.aux_weight=0")
+    if cfg.model.predict != "binary" and diagnosis.melanoma_index is None:
+        raise DataError(f"{where}: column '{col}' has no training row of class '{diagnosis.melanoma}' "
+                        f"(data.melanoma_class; it has {', '.join(classes)}); model.predict={cfg.model.predict} "
+                        f"reads that class's probability: set data.melanoma_class to one of them, or "
+                        f"model.predict=binary")
 
 
 def aux_head(cfg: Config) -> bool:

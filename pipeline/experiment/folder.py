@@ -25,15 +25,17 @@ from __future__ import annotations
 import re
 import shutil
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.core import disk, folders
-from pipeline.core.config import Config, to_dict, to_yaml
+from pipeline.core.config import Config, from_dict, to_dict, to_yaml
 from pipeline.core.errors import ExperimentError, first_few
 from pipeline.core.files import write_csv, write_json, write_text
-from pipeline.experiment.record import RETRAIN, result_keys, saved_config
+from pipeline.experiment.record import (OOF_KEYS, RETRAIN, RUN_ONLY_KEYS, get_key, leaf_keys, result_keys,
+                                        saved_config, set_key)
 
 # Everything this pipeline writes into an experiment folder (besides fold<k>/ folders); --force
 # deletes nothing else. Hidden ".<name>.tmp<pid>" files are atomic writes in progress or left by a kill.
@@ -100,6 +102,29 @@ def check_config(cfg: Config, force: bool) -> list[str]:
         tta = " (infer.tta is the TTA of its OOF predictions; infer.py may use another)" if "infer.tta" in diff else ""
         raise ExperimentError(f"{saved_path} holds a different experiment ({shown}{more}){tta}; {RETRAIN}")
     return diff
+
+
+# Of the run-only keys, those of one command alone: never taken from an earlier run's config.yaml.
+COMMAND_KEYS = {"name", "output_dir", "train.folds"}
+
+
+def resumed_config(cfg: Config, given: Collection[str]) -> Config:
+    """``cfg`` with the run-only keys the command was not given (where the data lies, how the run goes:
+    RUN_ONLY_KEYS but COMMAND_KEYS and OOF_KEYS) as the experiment at ``cfg.exp_dir`` holds them; ``cfg``
+    itself where there is no experiment or its config.yaml cannot be read (check_config says why)."""
+    check_config_paths(cfg)
+    if folders.kind(cfg.exp_dir) != "experiment":
+        return cfg
+    try:
+        saved = to_dict(saved_config(cfg.exp_dir / "config.yaml"))
+    except ExperimentError:
+        return cfg
+    now = to_dict(cfg)
+    for key in leaf_keys(now):
+        run_only = any(key == r or key.startswith(r + ".") for r in RUN_ONLY_KEYS - COMMAND_KEYS)
+        if run_only and key not in given and key not in OOF_KEYS:
+            set_key(now, key, get_key(saved, key))
+    return from_dict(now)
 
 
 def write_record(exp: Path, cfg: Config, record: pd.DataFrame, features: dict) -> None:

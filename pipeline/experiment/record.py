@@ -120,6 +120,28 @@ RUN_ONLY_KEYS = {"name", "output_dir", "train.folds", "train.num_workers", "trai
 OOF_KEYS = {"infer.tta"}
 
 
+def get_key(d: dict, key: str):
+    """The value of a dotted key (``train.lr``) in a config dict."""
+    for part in key.split("."):
+        d = d[part]
+    return d
+
+
+def set_key(d: dict, key: str, value) -> None:
+    *path, last = key.split(".")
+    for part in path:
+        d = d[part]
+    d[last] = value
+
+
+def leaf_keys(d: dict) -> list[str]:
+    """Every dotted key of a config dict: ``name``, ``output_dir`` and each section's keys (``train.lr``)."""
+    out = []
+    for name, value in d.items():
+        out += [f"{name}.{key}" for key in value] if isinstance(value, dict) else [name]
+    return out
+
+
 def result_keys(d: dict, prefix: str = "", run_only: bool = False) -> dict:
     """The keys of a config dict that a training run must keep (all but RUN_ONLY_KEYS, OOF_KEYS included)."""
     out = {}

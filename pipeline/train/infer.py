@@ -3,15 +3,15 @@ the test set with flip TTA; the folds are averaged, checked and written as submi
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import Config, from_dict, to_dict, with_overrides
+from pipeline.core.config import Config, from_dict, to_dict
 from pipeline.core.disk import check_writable
-from pipeline.core.errors import DataError, ExperimentError, first_few
+from pipeline.core.errors import ConfigError, DataError, ExperimentError, first_few
 from pipeline.core.files import write_csv
 from pipeline.data.cache import build_cache
 from pipeline.data.dataset import ImageMetaDataset, make_loader
@@ -21,7 +21,7 @@ from pipeline.data.prepare import aux_head
 from pipeline.data.tables import check_submission, data_path, load_test
 from pipeline.experiment.folder import check_config_paths as check_names
 from pipeline.experiment.oof import val_predictions_path
-from pipeline.experiment.record import RUN_ONLY_KEYS, saved_config
+from pipeline.experiment.record import RUN_ONLY_KEYS, get_key, saved_config, set_key
 from pipeline.model.backends import check_backend
 from pipeline.train.checkpoints import predicting_model
 from pipeline.train.loop import predict
@@ -34,19 +34,40 @@ def trained_config(exp_dir: Path) -> Config:
     return saved_config(path)
 
 
-def inference_config(cfg: Config, data_overrides: Sequence[str] = ()) -> Config:
-    """The trained experiment's config, with this command's ``data.*`` overrides (where its test set
-    lies now, e.g. trained here and predicted on Kaggle) and this command's values of the keys that
-    only say how a run is executed (record.RUN_ONLY_KEYS: infer.*, workers, cache folder...)."""
-    trained = to_dict(with_overrides(trained_config(cfg.exp_dir), list(data_overrides)))
-    now = to_dict(cfg)
-    for key in RUN_ONLY_KEYS:
-        *path, last = key.split(".")
-        src, dst = now, trained
-        for part in path:
-            src, dst = src[part], dst[part]
-        dst[last] = src[last]
+# The keys infer.py may be given otherwise than the experiment was trained with: where and how it runs
+# (record.RUN_ONLY_KEYS, but for those only train.py reads) and where its test set lies.
+TEST_KEYS = {"data.test_csv", "data.sample_submission", "data.test_images", "data.image_ext", "data.test_keep_where"}
+NOT_READ = {"train.folds": "infer.py predicts with every trained fold (--allow-missing-folds: with those there are)",
+            "train.compile": "it compiles training; infer.backend=compile compiles the predicting model",
+            "train.compile_mode": "it is train.compile's; infer.compile_mode is infer.backend=compile's",
+            "folds.path": "the folds were made when the experiment was trained",
+            "data.generate_sample": "infer.py reads a test set, it never generates one"}
+
+
+def inference_config(cfg: Config, given: Collection[str] = ()) -> Config:
+    """The config of the experiment at ``cfg.exp_dir`` (its config.yaml), with ``cfg``'s values of the
+    keys in ``given`` (those the command was given); ``check_changes`` refuses the others."""
+    check_names(cfg)
+    trained, now = to_dict(trained_config(cfg.exp_dir)), to_dict(cfg)
+    changed = [k for k in sorted(set(given) - {"name", "output_dir"}) if get_key(trained, k) != get_key(now, k)]
+    check_changes(cfg.exp_dir / "config.yaml", changed, trained, now)
+    for key in [*changed, "name", "output_dir"]:  # where the experiment lies now, whatever its config.yaml says
+        set_key(trained, key, get_key(now, key))
     return from_dict(trained)
+
+
+def check_changes(saved: Path, changed: list[str], trained: dict, now: dict) -> None:
+    """A key given otherwise than trained is refused unless it says where or how infer.py runs
+    (RUN_ONLY_KEYS, TEST_KEYS) and infer.py reads it (not in NOT_READ)."""
+    fixed = [k for k in changed if not any(k == r or k.startswith(r + ".") for r in RUN_ONLY_KEYS | TEST_KEYS)]
+    if fixed:
+        shown = ", ".join(f"{k} (trained {get_key(trained, k)!r}, given {get_key(now, k)!r})" for k in fixed[:4])
+        more = f" and {len(fixed) - 4} more" if len(fixed) > 4 else ""
+        raise ConfigError(f"{saved}: {shown}{more}: infer.py predicts an experiment as it was trained; leave "
+                          f"{'it' if len(fixed) == 1 else 'them'} out, or train another experiment (name=...)")
+    unread = [k for k in changed if k in NOT_READ]
+    if unread:
+        raise ConfigError(f"{unread[0]} is not read by infer.py ({NOT_READ[unread[0]]}); leave it out")
 
 
 def finished_folds(cfg: Config) -> list[int]:
@@ -80,10 +101,15 @@ def prepare_test(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, n
     return test, sample, images, transform.transform(test), diagnosis if aux_head(cfg) else None
 
 
-def make_submission(cfg: Config, data_overrides: Sequence[str] = ()) -> Path:
-    """Predict the test set with each trained fold and TTA; write ``<exp_dir>/submission.csv``."""
-    check_names(cfg)
-    cfg = inference_config(cfg, data_overrides)
+def make_submission(cfg: Config, given: Collection[str] = ()) -> Path:
+    """``predict_submission`` of the experiment at ``cfg.exp_dir`` (``inference_config``: ``cfg``'s values
+    of the keys in ``given``, the rest as trained)."""
+    return predict_submission(inference_config(cfg, given))
+
+
+def predict_submission(cfg: Config) -> Path:
+    """Predict the test set with each trained fold and TTA; write ``<exp_dir>/submission.csv``.
+    ``cfg``: the experiment's inference config (``inference_config``)."""
     folds = finished_folds(cfg)
     check_backend(cfg.infer.backend)
     writable = dict(what=" submission.csv", advice="copy the experiment to a disk that can be written (output_dir=...)")
