@@ -9,9 +9,9 @@ import argparse
 import sys
 
 from pipeline.core import disk
-from pipeline.core.config import (check_given, from_dict, given_keys, help_text, load_config, to_dict,
-                                  with_overrides)
+from pipeline.core.config import from_dict, help_text, load_config, to_dict, with_overrides
 from pipeline.core.errors import ConfigError, Interrupted, first_few, guarded
+from pipeline.core.given import check_given, given_keys
 
 
 def parser(description: str) -> argparse.ArgumentParser:

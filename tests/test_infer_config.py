@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, copy_finished, one_error_line, run_main, snapshot
 
 from pipeline.core import config as C
+from pipeline.core.given import given_keys
 
 TRAIN, INFER = str(ROOT / "train.py"), str(ROOT / "infer.py")
 
@@ -105,6 +106,6 @@ def test_train_on_an_existing_experiment_takes_its_data_root_and_cache_from_it(e
 
 def test_given_keys_are_those_of_the_files_and_overrides(tmp_path):
     (tmp_path / "a.yaml").write_text("model:\n  image_size: 64\ndata:\n  keep_where: {split: train}\ntrain: {}\n")
-    assert C.given_keys([tmp_path / "a.yaml"], ["infer.tta=1", "name=x"]) == {
+    assert given_keys([tmp_path / "a.yaml"], ["infer.tta=1", "name=x"]) == {
         "model.image_size", "data.keep_where", "infer.tta", "name"}
-    assert C.given_keys(None, None) == set()
+    assert given_keys(None, None) == set()

@@ -188,9 +188,8 @@ class Config:
             (m.predict != "diagnosis" or (d.diagnosis_col and t.aux_weight > 0),
              "model.predict=diagnosis needs the diagnosis head: set data.diagnosis_col and train.aux_weight > 0"),
             (t.aux_weight >= 0, f"train.aux_weight must be >= 0, got {t.aux_weight}"),
-            (d.diagnosis_col not in (d.id_col, d.target_col, d.group_col) or not d.diagnosis_col,
-             f"data.diagnosis_col={d.diagnosis_col} names the id, target or group column; the diagnosis is a "
-             f"column of its own (e.g. diagnosis)"),
+            (d.diagnosis_col not in (d.id_col, d.target_col, d.group_col) or not d.diagnosis_col, f"data.diagnosis_col="
+             f"{d.diagnosis_col} names the id, target or group column; the diagnosis is a column of its own (e.g. diagnosis)"),
             (d.diagnosis_min_rows >= 1 and 0.0 <= d.max_contradictions <= 1.0,
              "data.diagnosis_min_rows must be >= 1 and data.max_contradictions in [0, 1]"),
             (t.epochs >= 1, "train.epochs must be >= 1"),
@@ -348,7 +347,7 @@ def load_config(paths: str | Path | list | None = None, overrides: list[str] | N
     """Defaults, then each YAML file in turn (a later file overrides an earlier one key by key,
     e.g. a data layout then a training recipe), then the overrides; ranges checked at the end."""
     cfg = Config()
-    for path in _paths(paths):
+    for path in as_paths(paths):
         try:
             _update(cfg, read_yaml(path))
         except ConfigError as e:
@@ -356,44 +355,9 @@ def load_config(paths: str | Path | list | None = None, overrides: list[str] | N
     return with_overrides(cfg, overrides or [])
 
 
-# Keys that do something only beside another key's value: (key, that value, whether cfg has it).
-NEEDS = [("train.compile_mode", "train.compile=true", lambda c: c.train.compile),
-         ("infer.compile_mode", "infer.backend=compile", lambda c: c.infer.backend == "compile"),
-         *[(f"data.{k}", "data.diagnosis_col", lambda c: bool(c.data.diagnosis_col))
-           for k in ("diagnosis_min_rows", "melanoma_class", "max_contradictions", "external_diagnosis")],
-         ("data.external_diagnosis", "data.external_csv", lambda c: bool(c.data.external_csv))]
-
-
-def check_given(cfg: Config, given: set[str]) -> None:
-    """A key the command was given that does nothing with the rest of ``cfg`` (NEEDS) is refused,
-    never dropped in silence."""
-    for key, needs, met in NEEDS:
-        if key in given and not met(cfg):
-            raise ConfigError(f"{key} does nothing without {needs}: give {needs} too, or leave {key} out")
-
-
-def _paths(paths: str | Path | list | None) -> list:
+def as_paths(paths: str | Path | list | None) -> list:
+    """``load_config``'s ``paths`` as a list: none, one file or several."""
     return [] if paths is None else [paths] if isinstance(paths, (str, Path)) else list(paths)
-
-
-def given_keys(paths: str | Path | list | None = None, overrides: list[str] | None = None) -> set[str]:
-    """The dotted keys that the YAML files and the overrides set (``load_config``'s arguments, loaded
-    without error by it): the keys a command was given, as opposed to those left at their defaults."""
-    keys: set[str] = set()
-    for values in [*map(read_yaml, _paths(paths)), parse_overrides(overrides or [])]:
-        keys |= _leaf_keys(Config(), values)
-    return keys
-
-
-def _leaf_keys(obj, values: dict, prefix: str = "") -> set[str]:
-    hints = typing.get_type_hints(type(obj))
-    out: set[str] = set()
-    for key, value in values.items():
-        if dataclasses.is_dataclass(hints.get(key)) and isinstance(value, dict):
-            out |= _leaf_keys(getattr(obj, key), value, f"{prefix}{key}.")
-        else:
-            out.add(f"{prefix}{key}")
-    return out
 
 
 def with_overrides(cfg: Config, overrides: list[str]) -> Config:
