@@ -177,21 +177,14 @@ def test_filter_on_a_column_that_does_not_exist(data, tmp_path):
                           f"{data / 'train.csv'}: column 'tfrecord' named in data.")
 
 
-def test_a_fold_without_positives(data, tmp_path):
+@pytest.mark.parametrize("rare,word", [(1, "positive"), (0, "negative")], ids=["positives", "negatives"])
+def test_a_fold_without_one_class(data, tmp_path, rare, word):
+    """3 rows of one class cannot cover 5 folds: the AUC of the others is undefined."""
     df = read(data / "train.csv")
-    df["target"] = 0
-    df.loc[[0, 1, 2], "target"] = 1  # 3 positives cannot cover 5 folds
+    df["target"] = 1 - rare
+    df.loc[[0, 1, 2], "target"] = rare
     df.to_csv(data / "train.csv", index=False)
-    msg = fails_before_training(make_cfg(data, tmp_path, **{"folds.n_folds": 5}), "have no positive", "fewer folds")
-    assert msg.startswith(str(data / "train_folds5_seed42.csv"))
-
-
-def test_a_fold_without_negatives(data, tmp_path):
-    df = read(data / "train.csv")
-    df["target"] = 1
-    df.loc[[0, 1, 2], "target"] = 0  # 3 negatives cannot cover 5 folds
-    df.to_csv(data / "train.csv", index=False)
-    msg = fails_before_training(make_cfg(data, tmp_path, **{"folds.n_folds": 5}), "have no negative", "fewer folds")
+    msg = fails_before_training(make_cfg(data, tmp_path, **{"folds.n_folds": 5}), f"have no {word}", "fewer folds")
     assert msg.startswith(str(data / "train_folds5_seed42.csv"))
 
 

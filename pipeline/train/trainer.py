@@ -180,7 +180,7 @@ def run_epoch(cfg: Config, f: Fold, epoch: int, stop, dist: Dist = SINGLE) -> di
         t.mixup_alpha, np.random.default_rng(seed), desc=f"fold {f.k} epoch {epoch + 1}/{t.epochs}",
         should_stop=lambda: vote(stop()), accumulate=t.accumulate,
         after_step=None if f.ema is None else lambda step: f.ema.update(f.model, step=step), aux_weight=t.aux_weight)
-    vote.settle()
+    vote.settle()  # the vote in flight ends before the next collective (Ctrl-C is asked below)
     if dist.any(stop()):
         raise Interrupted(f"in fold {f.k} during epoch {epoch + 1} (not saved; it is redone)")
     sync_slow_weights(f.optimizer)  # validate, save and resume the slow weights
