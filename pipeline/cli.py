@@ -136,20 +136,53 @@ def cv_main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     p.add_argument("--out", help="folder for compare.csv, the pictures and report.html "
                                  "(default <parent of the first experiment>/compare/<a>+<b>...)")
+    p.add_argument("--by", action="append", default=[], metavar="COL",
+                   help="also the AUC per value (or band) of this column of data.csv or the training table; "
+                        "repeatable (the config's feature columns, diagnosis, images per patient and fold always)")
+    p.add_argument("--top", type=int, default=12, metavar="N",
+                   help="report.html's gallery: the N most confident false positives and N false negatives of one "
+                        "experiment, or the N images several experiments disagree on most (default 12)")
+    p.add_argument("--no-cam", action="store_true", help="no Grad-CAM overlays in the gallery (they load each "
+                                                         "fold's best.pt: seconds on the CPU)")
     args = p.parse_args(argv)
     if args.bootstrap < 0 or args.seed < 0:
         p.error("--bootstrap and --seed must be >= 0")
+    if args.top < 1:
+        p.error("--top must be >= 1")
     # `oof/*` also names the comparisons' default output folder, oof/compare: not an experiment
     outputs = [d for d in args.exp_dirs if Path(d).name == "compare" and not (Path(d) / "oof.csv").exists()]
     exp_dirs = [d for d in args.exp_dirs if d not in outputs] if len(outputs) < len(args.exp_dirs) else args.exp_dirs
     if len(exp_dirs) < len(args.exp_dirs):
         print(f"skipping {', '.join(outputs)}: the output folder of comparisons, not an experiment")
+    store = [d for d in exp_dirs if Path(d).name == "mlruns" and (Path(d) / "mlflow.db").is_file()]
+    if store and len(store) < len(exp_dirs):  # `oof/*` also names log.tracker=mlflow's default store, oof/mlruns
+        exp_dirs = [d for d in exp_dirs if d not in store]
+        print(f"skipping {', '.join(store)}: MLflow's store (log.tracker=mlflow), not an experiment")
 
     def run():
+        from functools import partial
+
         from pipeline.report.cv import compare
-        compare(exp_dirs, args.baseline, plot=not args.no_plot, n_boot=args.bootstrap, seed=args.seed, out=args.out)
+        from pipeline.report.mistakes import gallery
+        shown = partial(gallery, top=args.top, overlays=None if args.no_cam else cam_overlays)
+        compare(exp_dirs, args.baseline, plot=not args.no_plot, n_boot=args.bootstrap, seed=args.seed, out=args.out,
+                by=args.by, sections=[shown])
+        from pipeline.experiment.tracker import log_report
+        from pipeline.report.cv import comparison_folder, experiment_dirs
+        log_report(exp_dirs, comparison_folder(experiment_dirs(exp_dirs)[1], args.out) / "report.html")
 
     return stoppable(run)
+
+
+def cam_overlays(exp_dir, rows, pixels) -> tuple[dict, str]:
+    """The gallery's Grad-CAM overlays (pipeline/train/cam.py), imported when an experiment has some to
+    make: the report imports without torch. Without the package grad-cam: one line, and none."""
+    try:
+        from pipeline.train.cam import overlays
+    except ImportError as e:
+        print(f"warning: no Grad-CAM overlays: {e} (pip install -r requirements.txt)", file=sys.stderr)
+        return {}, f"no Grad-CAM overlays: {e}"
+    return overlays(exp_dir, rows, pixels)
 
 
 def blend_main(argv=None) -> int:

@@ -54,20 +54,28 @@ def loader(n_meta: int, rows: int = 10, batch: int = 4, size: int = 32):
 
 
 @pytest.mark.parametrize("backend,n_meta", [("onnxruntime", 5), ("onnxruntime", 0), ("openvino", 5), ("openvino", 0)])
-def test_each_backend_predicts_as_eager_within_1e4(backend, n_meta):
+def test_each_backend_predicts_as_eager_within_1e4(backend, n_meta, monkeypatch):
     """TTA x3 over 10 rows in batches of 4 (the last one short); no meta features: the exported
-    graph has no meta input. The compiled backend is held the same way, through infer.py on a
-    compiled run's checkpoint (its test set a short batch), in
+    graph has no meta input. The exported graph takes the loader's uint8 NHWC views as they are,
+    the three views of a batch together, and does the conversion and normalisation itself: to_input
+    never runs. The compiled backend is held the same way, through infer.py on a compiled run's
+    checkpoint (its test set a short batch), in
     test_a_compiled_checkpoint_is_the_plain_module_and_every_backend_predicts_it: each compile costs
     tens of seconds on two cores."""
+    from pipeline.model.export import ExportedRunner
+    from pipeline.train import loop
     model = trained_looking(n_meta)
     rt = make_runtime(model, amp=False, cpu_bf16=False, channels_last=True, device=torch.device("cpu"))
     place(model, rt)
     data = loader(max(n_meta, 3))  # a model without meta still gets the loader's columns
     eager = predict(model, data, rt, tta=3)
     runner = B.for_inference(model, rt, backend, "default", 4, max(n_meta, 3), 32)
-    assert isinstance(runner, B.Runner) and runner.name == backend
+    assert isinstance(runner, ExportedRunner) and runner.name == backend and runner.takes_uint8
+    given, views = [], runner.views
+    monkeypatch.setattr(runner, "views", lambda vs, meta: given.append([v.dtype for v in vs]) or views(vs, meta))
+    monkeypatch.setattr(loop, "to_input", lambda *a: pytest.fail("to_input ran for an exported graph"))
     got = predict(runner, data, rt, tta=3)
+    assert given == [[torch.uint8] * 3] * 3
     assert got.shape == eager.shape == (10,)
     np.testing.assert_allclose(got, eager, rtol=0, atol=1e-4)
     assert np.ptp(eager) > 1e-3  # the rows differ: equality is not a constant

@@ -35,7 +35,7 @@ def test_the_first_command_trains_the_bundled_sample_in_five_folds_into_oof_samp
 
     from pipeline.data.prepare import fold_table_path
     from pipeline.data.sample import generate_sample
-    from pipeline.model.net import OFFLINE_BACKBONE
+    from pipeline.model.pretrained import OFFLINE_BACKBONE
     cfg = load_config(None, [])  # train.py with no --config and no override
     assert cfg.data.root == "input/sample" and cfg.data.generate_sample
     assert cfg.folds.n_folds == 5 and cfg.exp_dir == Path("oof/sample") and not cfg.train.folds

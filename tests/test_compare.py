@@ -246,7 +246,7 @@ def test_comparison_prints_the_table_and_writes_a_self_contained_page(experiment
     assert ">a<" in comparison and ">b<" in comparison and f"{table.loc['a', 'pooled_auc']:.4f}" in comparison
     assert not re.search(r"https?://|<script|<link|@import", page, flags=re.I)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["compare.csv", "folds.csv", "correlation.csv", "report.html", "roc.png", "fold_auc.png",
+        ["compare.csv", "folds.csv", "correlation.csv", "subgroups.csv", "report.html", "roc.png", "fold_auc.png",
          "learning_curves.png", "calibration.png", "pred_by_class.png"])
 
 

@@ -196,10 +196,11 @@ def test_a_bad_fold_cell_is_one_error_line(copy, cell):
     ({"model.backbone": "efficientnet_bx"}, [], "model.backbone=efficientnet_bx: not a timm model"),
     ({"model.image_size": 0}, [], "model.image_size must be between 16 and 4096"),
     ({"model.pretrained": "weights/missing.pt"}, [], "model.pretrained=weights/missing.pt: no such file"),
+    ({"model.backbone": "resnet18", "model.pretrained": "offline"}, [], "offline weights for resnet18; they exist for"),
     ({"model.backbone": "vit_tiny_patch16_224", "model.pretrained": "none"}, [], "cannot take model.image_size=32"),
     ({}, ["--folds", "3"], "train.folds must be fold numbers in 0..2, got [3]"),
     ({"train.batch_size": 100}, [], "train.batch_size=100 is larger than the "),
-], ids=["batch0", "backbone", "size0", "pretrained", "vit_size", "folds", "batch_vs_fold"])
+], ids=["batch0", "backbone", "size0", "pretrained", "offline_elsewhere", "vit_size", "folds", "batch_vs_fold"])
 def test_config_errors_leave_no_trace_and_the_corrected_command_runs(tiny_data, tmp_path, extra, cli, says):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("*_folds*.csv"))

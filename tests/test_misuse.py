@@ -116,7 +116,7 @@ def test_a_comparison_folder_is_replaced_whole(world, capsys):
     (out / "report.html").write_text("the page of an earlier comparison")
     (out / "roc.png").write_bytes(b"an earlier picture")
     assert cli.cv_main(["oof/a", "oof/b", "--no-plot", "--bootstrap", "0"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "correlation.csv", "folds.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "correlation.csv", "folds.csv", "subgroups.csv"]
 
 
 def test_a_projects_own_config_yaml_makes_no_experiment(world, capsys):

@@ -1,15 +1,14 @@
-"""The model: head bias at the fold's base rate, offline ImageNet weights that really work, and
-model.pretrained files that must fit the backbone."""
+"""The model: head bias at the fold's base rate, and model.pretrained files that must fit the backbone
+(the offline ImageNet weights: test_pretrained.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
 
 from pipeline.core.errors import ConfigError
-from pipeline.model.net import ImageMetaNet, build_model, create_backbone, offline_lite0_state
+from pipeline.model.net import ImageMetaNet, build_model, create_backbone
 
 
 @pytest.mark.parametrize("p", [0.02, 0.22, 0.7])
@@ -69,35 +68,6 @@ def test_run_fold_sets_the_bias_from_the_training_rows(tiny_cfg, tmp_path, monke
             assert seen[-1][1] is None
         checked += 1
     assert checked >= 2
-
-
-# --- offline pretrained weights -------------------------------------------------------------
-
-DAISY = 985  # ImageNet class index
-
-
-def test_offline_lite0_weights_classify_the_flower_as_a_daisy():
-    from sklearn.datasets import load_sample_image
-    model = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
-    model.load_state_dict(offline_lite0_state(model, keep_classifier=True))
-    model.eval()
-    cfg = timm.data.resolve_model_data_config(model)
-    img = Image.fromarray(load_sample_image("flower.jpg")).resize((224, 224), Image.Resampling.BICUBIC)
-    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
-    x = (x - torch.tensor(cfg["mean"]).view(3, 1, 1)) / torch.tensor(cfg["std"]).view(3, 1, 1)
-    with torch.no_grad():
-        logits = model(x[None])
-    assert logits.argmax(1).item() == DAISY, logits.topk(5).indices.tolist()
-
-    # the backbone the pipeline builds with pretrained=offline carries the same feature weights
-    backbone = create_backbone("tf_efficientnet_lite0", "offline")
-    assert backbone.num_features == model.num_features
-    full = model.state_dict()
-    for name, value in backbone.state_dict().items():
-        assert torch.equal(value, full[name]), name
-    with torch.no_grad():
-        torch.testing.assert_close(backbone.eval()(x[None]), model.forward_head(model.forward_features(x[None]),
-                                                                                 pre_logits=True))
 
 
 # --- model.pretrained=<file> ----------------------------------------------------------------

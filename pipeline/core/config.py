@@ -17,6 +17,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.infer_config import InferConfig
+from pipeline.core.log_config import LogConfig
 
 
 def opt(default, help: str):
@@ -118,6 +120,8 @@ class TrainConfig:
                            "(timm ModelEmaV3)")
     ema_decay: float = opt(0.998, "EMA decay per optimizer step (timm's warmup: the first steps average fewer)")
     patience: int = opt(3, "early stopping: epochs without a better validation AUC")
+    freeze_stages: int = opt(0, "backbone stem + first N stages (timm's group_matcher) frozen: no gradient, BN stats fixed")
+    unfreeze_epoch: int = opt(0, "the frozen stages train again after this many epochs; 0 = never")
     seed: int = opt(42, "training seed")
     folds: list = opt([], "folds to train; [] = all")
     num_workers: int = opt(0, "data loader worker processes")
@@ -138,18 +142,6 @@ class TrainConfig:
 
 
 @dataclass
-class InferConfig:
-    tta: int = opt(4, "test-time views: 1..8 flips/transposes")
-    batch_size: int = opt(64, "images per inference batch (views come on top)")
-    allow_missing_folds: bool = opt(False, "predict with the folds that exist instead of failing")
-    cpu_bf16: bool = opt(False, "bf16 autocast for the test predictions on CPU (about 2x faster where the CPU has bf16)")
-    backend: str = opt("torch", "what runs the predicting model (OOF and submission): torch (eager), compile "
-                                "(inductor, weights frozen), onnxruntime or openvino (fp32, CPU; exported from "
-                                "best.pt each time); equal to torch within 1e-4")
-    compile_mode: str = opt("default", "inductor's mode for infer.backend=compile (as train.compile_mode)")
-
-
-@dataclass
 class Config:
     name: str = opt("sample", "experiment name: results go to <output_dir>/<name>")
     output_dir: str = opt("oof", "parent folder of experiments")
@@ -159,6 +151,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     @property
     def exp_dir(self) -> Path:
@@ -217,9 +210,7 @@ class Config:
             (t.compile_mode in COMPILE_MODES and i.compile_mode in COMPILE_MODES,
              f"train.compile_mode and infer.compile_mode must be one of {', '.join(COMPILE_MODES)}, "
              f"got {t.compile_mode!r} and {i.compile_mode!r}"),
-            (i.backend in BACKENDS, f"infer.backend must be one of {', '.join(BACKENDS)}, got {i.backend!r}"),
-            (not (i.cpu_bf16 and i.backend in ("onnxruntime", "openvino")),
-             f"infer.backend={i.backend} runs fp32: set infer.cpu_bf16=false, or use torch or compile for bf16"),
+            *i.checks(),  # infer.backend, infer.precision (core/infer_config.py)
         ]
         for ok, msg in checks:
             if not ok:
@@ -229,7 +220,6 @@ class Config:
 PRETRAINED = ("auto", "offline", "timm", "none")
 PREDICT = ("binary", "diagnosis", "mean")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-BACKENDS = ("torch", "compile", "onnxruntime", "openvino")
 
 
 def plain_name(name: str) -> bool:

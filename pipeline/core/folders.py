@@ -32,7 +32,9 @@ WRITERS = {"experiment": "train.py", "blend": "python -m pipeline blend", "compa
 # Every file train.py and infer.py write at the top of an experiment folder (fold<k>/ folders and locks
 # beside them): what --force may delete there.
 EXPERIMENT_FILES = ("config.yaml", "data.csv", "env.json", "features.json", "folds.csv", "oof.csv", "roc.png",
-                    "submission.csv")
+                    "submission.csv", "tracker.json")
+# The folders beside fold<k>/ that train.py writes: the experiment tracker's (log.tracker, tracker.json).
+EXPERIMENT_FOLDERS = ("tensorboard", "wandb")
 # Beside config.yaml, one of these makes a folder an experiment: a project's own config.yaml makes none.
 TRAINED_MARKS = ("data.csv", "env.json", "features.json", "folds.csv", "oof.csv", "fold0")
 

@@ -16,7 +16,9 @@ NEEDS = [("train.compile_mode", "train.compile=true", lambda c: c.train.compile)
          ("infer.compile_mode", "infer.backend=compile", lambda c: c.infer.backend == "compile"),
          *[(f"data.{k}", "data.diagnosis_col", lambda c: bool(c.data.diagnosis_col))
            for k in ("diagnosis_min_rows", "melanoma_class", "max_contradictions", "external_diagnosis")],
-         ("data.external_diagnosis", "data.external_csv", lambda c: bool(c.data.external_csv))]
+         ("data.external_diagnosis", "data.external_csv", lambda c: bool(c.data.external_csv)),
+         ("log.tracking_uri", "log.tracker=mlflow", lambda c: c.log.tracker == "mlflow"),
+         ("log.project", "log.tracker=mlflow or wandb", lambda c: c.log.tracker in ("mlflow", "wandb"))]
 
 
 def check_given(cfg: Config, given: set[str]) -> None:

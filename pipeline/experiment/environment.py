@@ -1,5 +1,5 @@
-"""The environment of a run (env.json): package versions, device, seed, git commit; a resumed run on
-another machine keeps the earlier ones.
+"""The environment of a run (env.json): package versions, device, seed, git commit, the weights the
+backbone started from; a resumed run on another machine keeps the earlier ones.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pandas as pd
 
 from pipeline.core.config import Config
 from pipeline.core.files import write_json
+from pipeline.model.pretrained import weights_source
 
 
 def _git(*args: str) -> str:
@@ -24,7 +25,8 @@ def _git(*args: str) -> str:
 
 
 def environment(cfg: Config) -> dict:
-    """Package versions, device, seed and git commit of this run (env.json)."""
+    """Package versions, device, seed, git commit and the backbone's starting weights (``backbone_weights``:
+    ``pretrained.weights_source``) of this run (env.json)."""
     import albumentations  # the versions only
     import numpy
     import sklearn
@@ -36,7 +38,8 @@ def environment(cfg: Config) -> dict:
             "scikit-learn": sklearn.__version__, "device": "cuda" if cuda else "cpu",
             "gpu": torch.cuda.get_device_name() if cuda else None, "platform": platform.platform(),
             "cpu_threads": torch.get_num_threads(), "seed": cfg.train.seed, "git_commit": _git("rev-parse", "HEAD"),
-            "git_dirty": bool(_git("status", "--porcelain"))}
+            "git_dirty": bool(_git("status", "--porcelain")),
+            "backbone_weights": weights_source(cfg.model.backbone, cfg.model.pretrained)}
 
 
 def record_environment(path: Path, env: dict) -> None:

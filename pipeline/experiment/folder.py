@@ -9,9 +9,12 @@
     features.json    the fitted meta-feature transform (inference applies exactly this)
     env.json         package versions, device, seed, git commit
     fold<k>/         best.pt, last.pt (while training), log.csv, val_predictions.csv (the fold's
-                     predictions of its validation rows, written when the fold is done)
+                     predictions of its validation rows, written when the fold is done),
+                     export-<backend>-<precision>.zip (infer.backend's export of best.pt)
     fold<k>.lock     while a process trains fold k (pipeline/core/lock.py)
     oof.csv, roc.png, submission.csv
+    tracker.json     with log.tracker: the tracker's run, reopened on resume, and the epochs logged to
+                     it (rewritten as they are); tensorboard/ or wandb/ beside it with those trackers
 
 A run on an existing experiment must bring the same config and the same data (compared with
 config.yaml, data.csv and features.json); otherwise it is refused before anything is written,
@@ -42,7 +45,7 @@ from pipeline.experiment.record import (OOF_KEYS, RETRAIN, RUN_ONLY_KEYS, get_ke
 OWNED_FILES = re.compile("|".join(map(re.escape, folders.EXPERIMENT_FILES))
                          + r"|.*\.lock|.*\.lock\.stale\..*|\..*\.tmp\d*")
 OWNED_IN_FOLD = re.compile(r"(best\.pt|last\.pt|last\.prev\.pt|.*\.corrupt|log\.csv|val_predictions\.csv|"
-                           r"\..*\.tmp\d*)")
+                           r"export-[a-z]+-[a-z0-9]+\.zip|\..*\.tmp\d*)")
 
 
 def foreign_in_fold(fold_dir: Path) -> list[str]:
@@ -55,6 +58,8 @@ def foreign_entries(exp: Path) -> list[str]:
     for p in sorted(exp.iterdir()):
         if p.is_dir() and re.fullmatch(r"fold\d+", p.name):
             out += [f"{p.name}/{name}" for name in foreign_in_fold(p)]
+        elif p.is_dir() and p.name in folders.EXPERIMENT_FOLDERS:  # the tracker's: what is inside is its own
+            continue
         elif p.is_dir() or not OWNED_FILES.fullmatch(p.name):
             out.append(p.name + ("/" if p.is_dir() else ""))
     return out

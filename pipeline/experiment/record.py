@@ -112,7 +112,8 @@ def changed_data_error(exp: Path, changes: list[str]) -> ExperimentError:
 # Where the data and the fold table lie does not matter either: their content is compared (data.csv).
 RUN_ONLY_KEYS = {"name", "output_dir", "train.folds", "train.num_workers", "train.deterministic",
                  "train.compile", "train.compile_mode", "data.root",
-                 "data.cache_dir", "data.generate_sample", "folds.path", "features.max_bad_fraction", "infer"}
+                 "data.cache_dir", "data.generate_sample", "folds.path", "features.max_bad_fraction", "infer",
+                 "log"}
 
 
 # Of those, the keys that train.py still uses for what it writes: the views of the OOF predictions.

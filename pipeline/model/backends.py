@@ -3,6 +3,7 @@ or OpenVINO for prediction.
 
     net, validating, seconds = compiled_for_training(model, net, evaluated, rt, mode, ...)  # train.compile
     runner = for_inference(model, rt, backend, mode, batch, n_meta, size)                # infer.backend
+    runner = for_inference(..., precision, ExportCache(fold / "best.pt"), calibration)   # exported once (export.py)
 
 Whatever runs, the plain module stays what is saved and loaded: checkpoints, EMA, best.pt, resume
 and blends never see a compiled or exported model (no ``_orig_mod.`` keys). A compile that cannot
@@ -11,21 +12,18 @@ line saying why. Measured on the 2-core CPU: benchmarks/README.md ("Compiled and
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import importlib
 import importlib.util
-import io
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pipeline.core.errors import ConfigError
+from pipeline.model.export import Calibration, exported_runner
+from pipeline.model.export_cache import ExportCache
 from pipeline.model.runtime import Runtime, forward
 
 
@@ -135,10 +133,12 @@ class Runner:
 
 
 def for_inference(model: torch.nn.Module, rt: Runtime, backend: str, mode: str, batch: int, n_meta: int,
-                  size: int):
+                  size: int, precision: str = "fp32", cache: ExportCache | None = None,
+                  calibration: Calibration | None = None):
     """What predicts with ``model`` (eval mode, on ``rt``) in batches of at most ``batch`` rows: the
-    module itself (``torch``), or a Runner over inductor with frozen weights (``compile``), ONNX
-    Runtime or OpenVINO (fp32, CPU)."""
+    module itself (``torch``), or a Runner over inductor with frozen weights (``compile``), or an
+    ExportedRunner over ONNX Runtime or OpenVINO (CPU; uint8 NHWC in; ``export.exported_runner``:
+    ``precision``, the export kept in ``cache``, int8 calibrated on ``calibration``)."""
     model.eval()
     if backend == "torch":
         return model
@@ -157,17 +157,19 @@ def for_inference(model: torch.nn.Module, rt: Runtime, backend: str, mode: str, 
             warn_eager("infer.backend=compile", first_line(e))
             return model
     if rt.device.type != "cpu" or rt.amp_dtype is not None:
-        print(f"warning: infer.backend={backend} runs fp32 on the CPU; predicting with torch on "
+        print(f"warning: infer.backend={backend} runs {precision} on the CPU; predicting with torch on "
               f"{rt.device.type}{' with autocast' if rt.amp_dtype is not None else ''}", file=sys.stderr)
         return model
-    x, meta = example(rt, batch, n_meta, size)
-    return (onnxruntime_runner if backend == "onnxruntime" else openvino_runner)(model, x, meta)
+    return exported_runner(model, rt, backend, n_meta, size, precision, cache, calibration)
 
 
-def check_backend(backend: str) -> None:
-    """Refuse an exported backend whose package is not installed, before anything runs."""
+def check_backend(backend: str, precision: str = "fp32") -> None:
+    """Refuse an exported backend, or int8, whose package is not installed, before anything runs."""
     if backend in ("onnxruntime", "openvino") and importlib.util.find_spec(backend) is None:
         raise missing(backend, backend)
+    if precision == "int8" and importlib.util.find_spec("nncf") is None:
+        raise ConfigError("infer.precision=int8 needs the nncf package (pip install nncf), or use "
+                          "infer.precision=fp32")
 
 
 def need(package: str, backend: str):
@@ -180,49 +182,3 @@ def need(package: str, backend: str):
 def missing(package: str, backend: str) -> ConfigError:
     return ConfigError(f"infer.backend={backend} needs the {package} package (pip install {package}), "
                        f"or use infer.backend=torch")
-
-
-def numpy_inputs(image: torch.Tensor, meta: torch.Tensor) -> dict:
-    return {"image": np.ascontiguousarray(image.numpy()), "meta": np.ascontiguousarray(meta.numpy())}
-
-
-def onnxruntime_runner(model, x: torch.Tensor, meta: torch.Tensor) -> Runner:
-    ort = need("onnxruntime", "onnxruntime")
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, (x, meta), buffer, input_names=["image", "meta"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "n"}, "meta": {0: "n"}}, dynamo=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}  # a model without meta features has no meta input
-
-    def run(image, meta):
-        feed = {k: v for k, v in numpy_inputs(image, meta).items() if k in names}
-        return torch.from_numpy(session.run(None, feed)[0])
-    return Runner(model, run, "onnxruntime")
-
-
-def openvino_runner(model, x: torch.Tensor, meta: torch.Tensor) -> Runner:
-    ov = need("openvino", "openvino")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        converted = ov.convert_model(model, example_input=(x, meta))
-    for port, name in zip(converted.inputs, ("image", "meta")):
-        port.get_tensor().set_names({name})
-    compiled = ov_core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                          "INFERENCE_NUM_THREADS": torch.get_num_threads()})
-    names = {n for port in compiled.inputs for n in port.get_names()}
-
-    def run(image, meta):
-        feed = {k: v for k, v in numpy_inputs(image, meta).items() if k in names}
-        return torch.from_numpy(compiled(feed)[0].copy())
-    return Runner(model, run, "openvino")
-
-
-@functools.cache
-def ov_core():
-    import openvino as ov
-    return ov.Core()

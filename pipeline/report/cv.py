@@ -38,9 +38,9 @@ Files (all written atomically) go to --out, by default ``<parent of the first ex
 <name>+<name>...`` (``oof/compare/a+b``; ``oof/compare/a`` for one experiment): a new or empty folder
 or an earlier comparison, whose files are replaced (never an experiment, a blend or anything inside
 one: pipeline/core/folders.py). compare.csv (the comparison table, and the folder's marker), folds.csv
-(fold AUCs with intervals), correlation.csv, and unless --no-plot: roc.png, fold_auc.png,
-learning_curves.png, calibration.png, pred_by_class.png and report.html, one self-contained page
-holding the tables and the pictures (inline, no network).
+(fold AUCs with intervals), correlation.csv, subgroups.csv (AUC per subgroup: pipeline/report/subgroups.py)
+and unless --no-plot: roc.png, fold_auc.png, learning_curves.png, calibration.png, pred_by_class.png and
+report.html, one self-contained page holding the tables and the pictures (inline, no network).
 
 Statistics: pipeline/report/stats.py; oof.csv: pipeline/experiment/oof.py; pictures:
 pipeline/report/figures.py; options: cli.cv_main.
@@ -61,12 +61,13 @@ from pipeline.core.errors import ConfigError, first_few
 from pipeline.core.files import atomic_write
 from pipeline.data.tables import parse_csv
 from pipeline.experiment.oof import aligned, read_both_classes
+from pipeline.report import subgroups
 from pipeline.report.blend import is_rank_blend
 from pipeline.report.stats import (auc, bootstrap_auc, draw_groups, fold_aucs, fold_ranks, group_codes,
                                    paired_difference, percentile_interval)
 
-COMPARISON_FILES = ("compare.csv", "folds.csv", "correlation.csv", "roc.png", "fold_auc.png",  # compare.csv: the
-                    "learning_curves.png", "calibration.png", "pred_by_class.png", "report.html")  # marker, first
+COMPARISON_FILES = ("compare.csv", "folds.csv", "correlation.csv", "subgroups.csv", "roc.png", "fold_auc.png",
+                    "learning_curves.png", "calibration.png", "pred_by_class.png", "report.html")  # the marker first
 
 # ---------------------------------------------------------------- experiments side by side
 
@@ -343,7 +344,7 @@ def print_comparison(a: SimpleNamespace) -> None:
     print(a.rank_corr.to_string(float_format=lambda v: f"{v:.3f}"))
 
 
-def write_files(a: SimpleNamespace, out: Path, plot: bool) -> list[Path]:
+def write_files(a: SimpleNamespace, out: Path, plot: bool, sections=()) -> list[Path]:
     """compare.csv, folds.csv, correlation.csv and (``plot``) the pictures and report.html in ``out``.
     An earlier comparison's files go first, but its marker compare.csv, which is replaced: no table or
     picture of another comparison stays beside these, even after a Ctrl-C."""
@@ -352,20 +353,22 @@ def write_files(a: SimpleNamespace, out: Path, plot: bool) -> list[Path]:
     written = []
     for name, df in [("compare.csv", a.table), ("folds.csv", a.folds),
                      ("correlation.csv", pd.concat([a.corr.assign(of="pred"), a.rank_corr.assign(of="fold rank")])
-                      .rename_axis("experiment").reset_index())]:
+                      .rename_axis("experiment").reset_index()), ("subgroups.csv", a.subgroups)]:
         written.append(atomic_write(out / name, lambda p, df=df: df.to_csv(p, index=False)))
     if plot:
         from pipeline.report.figures import write_report
         gcol = a.frame.attrs["group_col"]
         preds = {n: a.frame[f"pred:{k}"].to_numpy() for k, n in enumerate(a.names)}
         tables = {"Comparison": display_table(a.table), "Fold AUC": display_folds(a.folds),
+                  "AUC per subgroup": subgroups.display(a.subgroups),
                   **({"Correlation of pred": a.corr, "Correlation of per-fold ranks": a.rank_corr}
                      if len(a.names) > 1 else {})}
         leaks = f"{len(a.leaks)} '{gcol}' group(s) have rows in several folds ({first_few(a.leaks)})"
         notes = [leaks] if a.leaks else []
         notes += [basis_note(a)] if a.ranked else []
         written += write_report(out, a.frame["target"].to_numpy(), preds, a.table, a.folds, dict(zip(a.names, a.logs)),
-                                tables=tables, summary=summary_line(a.frame, a.n_boot, a.seed), notes=notes)
+                                tables=tables, summary=summary_line(a.frame, a.n_boot, a.seed), notes=notes,
+                                sections=[make(a) for make in sections])
     return written
 
 
@@ -378,19 +381,20 @@ def report(exp_dir: str | Path, plot: bool = True) -> dict:
 
 
 def compare(exp_dirs: list, baseline: str | None = None, plot: bool = True, n_boot: int = 1000, seed: int = 0,
-            out: str | Path | None = None) -> dict:
-    """The report of one experiment, or the comparison of several: print the tables, write them (and
-    unless ``plot`` is False the pictures and report.html) to ``out``. Returns the tables."""
+            out: str | Path | None = None, by: list[str] = (), sections=()) -> dict:
+    """The report of one experiment, or the comparison of several: print the tables, write them (and unless
+    ``plot`` is False the pictures, and report.html ending in each ``make(a)`` of ``sections``) to ``out``."""
     out = comparison_folder(experiment_dirs(exp_dirs)[1], out)  # before the work: where it goes can be written
     a = analyse(exp_dirs, baseline, n_boot, seed)
     if len(a.dirs) == 1:
         print_experiment(a, plot)
     else:
         print_comparison(a)
+    a.subgroups = subgroups.report(a, by)  # AUC per subgroup; --by: columns to add
     if a.leaks:
         print(f"note: {len(a.leaks)} '{a.frame.attrs['group_col']}' group(s) have rows in several folds "
               f"({first_few(a.leaks)}): their images leak between training and validation")
-    written = write_files(a, out, plot)
+    written = write_files(a, out, plot, sections)
     print(f"written to {out}/: {', '.join(p.name for p in written)}")
     return {"table": a.table, "folds": a.folds, "corr": a.corr, "rank_corr": a.rank_corr, "out": out,
-            "files": written}
+            "files": written, "subgroups": a.subgroups}

@@ -221,9 +221,10 @@ def distribution_figure(target: np.ndarray, preds: dict) -> Figure:
 
 
 def _table_html(df: pd.DataFrame, index: bool) -> str:
+    table_id = df.attrs.get("id")
     if index:
         df = df.map(lambda v: f"{v:.3f}" if isinstance(v, float) else v)
-    return df.to_html(index=index, border=0, na_rep="", justify="left", escape=True)
+    return df.to_html(index=index, border=0, na_rep="", justify="left", escape=True, table_id=table_id)
 
 
 STYLE = """body{font-family:sans-serif;max-width:1150px;margin:1.5em auto;color:#222}
@@ -245,9 +246,11 @@ TABLE_NOTES = {
 }
 
 
-def html_page(title: str, summary: str, tables: dict, images: list, notes: list[str]) -> str:
-    """One self-contained page: ``tables`` (heading -> frame; a square frame keeps its index) and
-    ``images`` ((heading, caption, png bytes)). No scripts, no external references."""
+def html_page(title: str, summary: str, tables: dict, images: list, notes: list[str], sections=()) -> str:
+    """One self-contained page: ``tables`` (heading -> frame; a square frame keeps its index; a frame's
+    ``attrs`` may give its table an ``id`` and ``notes``, (class, text) pairs shown below it) and
+    ``images`` ((heading, caption, png bytes)), then ``sections`` (HTML, as given). No scripts, no external
+    references."""
     parts = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              f"<p class=\"small\">{html.escape(summary)}</p>"]
@@ -255,18 +258,18 @@ def html_page(title: str, summary: str, tables: dict, images: list, notes: list[
     for heading, df in tables.items():
         square = list(df.index) == list(df.columns)
         parts += [f"<h2>{html.escape(heading)}</h2>", _table_html(df, index=square)]
-        if heading in TABLE_NOTES:
-            parts.append(f"<p class=\"small\">{html.escape(TABLE_NOTES[heading])}</p>")
+        below = [("small", TABLE_NOTES[heading])] if heading in TABLE_NOTES else []
+        parts += [f"<p class=\"{c}\">{html.escape(t)}</p>" for c, t in below + df.attrs.get("notes", [])]
     for heading, caption, data in images:
         parts += [f"<h2>{html.escape(heading)}</h2>", f"<p class=\"small\">{html.escape(caption)}</p>",
                   f"<img alt=\"{html.escape(heading)}\" src=\"data:image/png;base64,"
                   f"{base64.b64encode(data).decode('ascii')}\">"]
-    parts.append("</body></html>\n")
+    parts += [*sections, "</body></html>\n"]
     return "\n".join(parts)
 
 
 def write_report(out: Path, target: np.ndarray, preds: dict, table: pd.DataFrame, folds: pd.DataFrame,
-                 logs: dict, tables: dict, summary: str, notes: list[str]) -> list[Path]:
+                 logs: dict, tables: dict, summary: str, notes: list[str], sections=()) -> list[Path]:
     """The five PNGs and report.html in ``out``, each written atomically; returns their paths."""
     pictures = [
         ("roc.png", "ROC curves", "Pooled out-of-fold ROC of each experiment; the legend gives the pooled AUC "
@@ -287,6 +290,6 @@ def write_report(out: Path, target: np.ndarray, preds: dict, table: pd.DataFrame
         data = png_bytes(fig)
         written.append(atomic_write(out / name, lambda p, data=data: p.write_bytes(data)))
         images.append((heading, caption, data))
-    page = html_page(f"CV comparison: {', '.join(preds)}", summary, tables, images, notes)
+    page = html_page(f"CV comparison: {', '.join(preds)}", summary, tables, images, notes, sections)
     written.append(atomic_write(out / "report.html", lambda p: p.write_text(page, encoding="utf-8")))
     return written

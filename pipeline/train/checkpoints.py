@@ -4,7 +4,8 @@ load the weights that predict.
 ``fold<k>/`` holds, while it trains, ``last.pt`` (everything an epoch needs to resume exactly: model,
 optimizer with Lookahead's slow weights, scheduler, AMP scaler, EMA, loop state) and
 ``last.prev.pt`` (the epoch before, in case ``last.pt`` is damaged); always ``best.pt`` (the weights
-that validated best: the EMA's with ``train.ema``). A finished fold keeps ``best.pt`` only.
+that validated best: the EMA's with ``train.ema``). A finished fold keeps ``best.pt`` (and the
+exports made from it: ``export-<backend>-<precision>.zip``).
 Reading and writing the files themselves (atomic, checksummed, tensors only) is ``model/checkpoint_file.py``.
 
 The functions take the fold being trained (``trainer.Fold``): its ``dir``, ``model``, ``optimizer``,
@@ -22,8 +23,11 @@ from pipeline.core.errors import CheckpointError
 from pipeline.core.files import remove_stale_temps
 from pipeline.model.backends import for_inference
 from pipeline.model.checkpoint_file import load_checkpoint, read_error, save_checkpoint
+from pipeline.model.export import Calibration
+from pipeline.model.export_cache import ExportCache
 from pipeline.model.net import build_model
 from pipeline.model.runtime import Runtime, make_runtime, place
+from pipeline.train.calibration import fold_calibration
 
 RESUME_KEYS = ("model", "optimizer", "scheduler", "state")
 
@@ -122,21 +126,25 @@ def repair_best(f) -> None:
 
 
 def retire(fold_dir: Path) -> None:
-    """A finished fold keeps best.pt only: the epoch checkpoints (and any set-aside .corrupt file)
-    and the temporaries of killed writes go."""
+    """A finished fold keeps best.pt and its exports: the epoch checkpoints (and any set-aside .corrupt
+    file) and the temporaries of killed writes go."""
     for p in fold_dir.glob("last*.pt*"):
         p.unlink()
     remove_stale_temps(fold_dir)
 
 
 def predicting_model(cfg, n_meta: int, fold_dir: Path, diagnosis=None, device: torch.device | None = None,
-                     cpu_bf16: bool = False, progress: bool = True) -> tuple[torch.nn.Module, Runtime]:
+                     cpu_bf16: bool = False, progress: bool = True, calibration: Calibration | None = None,
+                     write_export: bool = True) -> tuple[torch.nn.Module, Runtime]:
     """The model that predicts for a trained fold, on its runtime: the experiment's architecture
     (``cfg``, the trained config) with ``fold_dir/best.pt``'s weights. The one way a trained fold
     predicts: its OOF rows (trainer.finish_fold), the submission (infer.py), re-predictions
     (benchmarks/tta_views.py). ``diagnosis``: the classes of the diagnosis head, when it has one.
     ``cpu_bf16`` turns bfloat16 on for CPU inference only. ``infer.backend`` says what runs it
-    (backends.for_inference): the module itself, or a Runner over a compiled or exported copy.
+    (backends.for_inference): the module itself, or a Runner over a compiled or exported copy. An
+    export is kept beside best.pt (``fold_dir/export-<backend>-<precision>.zip``, written when
+    ``write_export``) and reused while it is valid; int8 calibrates on ``calibration``, by default
+    the fold's rows drawn from the experiment (calibration.from_experiment).
     A best.pt that cannot be read raises CheckpointReadError, a damaged one CheckpointError; neither
     changes a file."""
     model = build_model(cfg, n_meta, diagnosis, pretrained="none")
@@ -144,7 +152,10 @@ def predicting_model(cfg, n_meta: int, fold_dir: Path, diagnosis=None, device: t
     t, i = cfg.train, cfg.infer
     rt = make_runtime(model, t.amp, t.cpu_bf16 or cpu_bf16, t.channels_last, device, progress=progress)
     start = time.time()
-    runner = for_inference(place(model, rt), rt, i.backend, i.compile_mode, i.batch_size, n_meta, cfg.model.image_size)
+    if calibration is None and i.precision == "int8":
+        calibration = fold_calibration(cfg, int(fold_dir.name.removeprefix("fold")))
+    runner = for_inference(place(model, rt), rt, i.backend, i.compile_mode, i.batch_size, n_meta, cfg.model.image_size,
+                           i.precision, ExportCache(fold_dir / "best.pt", write_export), calibration)
     if runner is not model:
         print(f"{fold_dir.name}: infer.backend={i.backend} ready in {time.time() - start:.0f}s")
     return runner, rt

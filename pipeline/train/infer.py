@@ -41,7 +41,8 @@ NOT_READ = {"train.folds": "infer.py predicts with every trained fold (--allow-m
             "train.compile": "it compiles training; infer.backend=compile compiles the predicting model",
             "train.compile_mode": "it is train.compile's; infer.compile_mode is infer.backend=compile's",
             "folds.path": "the folds were made when the experiment was trained",
-            "data.generate_sample": "infer.py reads a test set, it never generates one"}
+            "data.generate_sample": "infer.py reads a test set, it never generates one",
+            **{f"log.{k}": "train.py logs to the tracker" for k in ("tracker", "tracking_uri", "project")}}
 
 
 def inference_config(cfg: Config, given: Collection[str] = ()) -> Config:
@@ -111,7 +112,7 @@ def predict_submission(cfg: Config) -> Path:
     """Predict the test set with each trained fold and TTA; write ``<exp_dir>/submission.csv``.
     ``cfg``: the experiment's inference config (``inference_config``)."""
     folds = finished_folds(cfg)
-    check_backend(cfg.infer.backend)
+    check_backend(cfg.infer.backend, cfg.infer.precision)
     writable = dict(what=" submission.csv", advice="copy the experiment to a disk that can be written (output_dir=...)")
     check_writable(cfg.exp_dir, **writable)  # before the test images are cached and predicted, not after
     test, sample, images, meta, diagnosis = prepare_test(cfg)

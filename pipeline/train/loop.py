@@ -74,18 +74,28 @@ def tta_views(images: torch.Tensor, n: int) -> list[torch.Tensor]:
     return list(itertools.islice(views, n))
 
 
+def eager_input(view: torch.Tensor, rt: Runtime) -> torch.Tensor:
+    with one_thread(rt):
+        return to_input(view, rt)
+
+
 @torch.inference_mode()
 def predict(model, loader, rt: Runtime, tta: int = 1, desc: str = "predict") -> np.ndarray:
     """Probabilities averaged over ``tta`` views. A forward takes at most one loader batch of images
     (``infer.batch_size``): the views of a batch go through in turn, so that memory does not grow
-    with ``tta`` (and glibc keeps what was freed: process.keep_freed_memory)."""
+    with ``tta`` (and glibc keeps what was freed: process.keep_freed_memory). An exported runner
+    (``takes_uint8``: export.ExportedRunner) is given the batch's uint8 views together, as they are:
+    its graph converts and normalises them itself."""
     model.eval()
     out = []
     for images, meta, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not rt.progress):
+        views = tta_views(images, tta)
+        if getattr(model, "takes_uint8", False):
+            logits = model.views(views, meta)
+        else:
+            logits = (forward(model, eager_input(view, rt), meta, rt) for view in views)
         total = 0
-        for view in tta_views(images, tta):
-            with one_thread(rt):
-                x = to_input(view, rt)
-            total = total + model.probability(forward(model, x, meta, rt))
+        for view_logits in logits:
+            total = total + model.probability(view_logits)
         out.append((total / tta).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)

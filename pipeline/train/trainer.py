@@ -32,14 +32,19 @@ from pipeline.data.dataset import ImageMetaDataset, make_loader
 from pipeline.data.prepare import TrainData, aux_head, check_batch_size, eval_loader, prepare, targets
 from pipeline.experiment.oof import oof_rows, val_predictions_path, write as write_oof
 from pipeline.experiment.run import Run
+from pipeline.experiment.tracker import NO_TRACKING, Tracking, check_tracker
 from pipeline.model.backends import check_backend, compiled_for_training
+from pipeline.model.freeze import check_freeze, describe, set_frozen, stages_at
 from pipeline.model.net import build_model, check_backbone, sync_batchnorm
+from pipeline.model.pretrained import weights_source
 from pipeline.model.runtime import Runtime, make_runtime, place
 from pipeline.report.stats import auc
+from pipeline.train.calibration import fold_calibration
 from pipeline.train.checkpoints import predicting_model, repair_best, resume, retire, save_epoch
 from pipeline.train.distributed import SINGLE, Dist
 from pipeline.train.loop import predict, train_one_epoch
 from pipeline.train.process import StopFlag, peak_rss_mb
+from pipeline.train.tracking import open_tracking, summarise
 
 
 def build_optimizer(model, t: TrainConfig) -> Lookahead:
@@ -136,6 +141,8 @@ def build_fold(cfg: Config, data: TrainData, k: int, dist: Dist = SINGLE) -> Fol
         model = sync_batchnorm(model)
     rt = make_runtime(model, t.amp, t.cpu_bf16, t.channels_last, dist.device, progress=dist.main)
     place(model, rt)
+    optimizer = build_optimizer(model, t)  # every parameter: the frozen ones train after train.unfreeze_epoch
+    set_frozen(model, t.freeze_stages)  # before the EMA copy and DDP (which keeps what trains when built)
     ema = ModelEmaV3(model, decay=t.ema_decay, use_warmup=True) if t.ema else None
     net = model
     if dist.world > 1:
@@ -148,7 +155,6 @@ def build_fold(cfg: Config, data: TrainData, k: int, dist: Dist = SINGLE) -> Fol
     train_loader = make_loader(train_ds, t.batch_size // (dist.world * t.accumulate), True, t.num_workers,
                                pin_memory=pin, global_batch=t.batch_size, rank=dist.rank, world=dist.world)
     share = np.array_split(val_idx, dist.world)[dist.rank]  # unpadded shares: gathered, each row once
-    optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t, len(train_idx) // t.batch_size)
     scaler = torch.amp.GradScaler() if rt.amp_dtype == torch.float16 else None
     state = {"epoch": 0, "step": 0, "best_auc": -1.0, "best_epoch": -1, "bad_epochs": 0}
@@ -169,6 +175,8 @@ def predict_fold(model, loader, rt: Runtime, tta: int, desc: str, dist: Dist) ->
 def run_epoch(cfg: Config, f: Fold, epoch: int, stop, dist: Dist = SINGLE) -> dict:
     """Train one epoch, sync Lookahead's slow weights and validate them; returns the log row."""
     t = cfg.train
+    if set_frozen(f.model, stages_at(t, epoch)):  # train.unfreeze_epoch reached, or resumed past it
+        print(f"fold {f.k} epoch {epoch + 1}: {describe(f.model)}")
     seed = epoch_seed(t.seed, f.k, epoch)
     torch.manual_seed(seed)
     f.train_loader.generator.manual_seed(seed)
@@ -206,7 +214,8 @@ def finish_fold(cfg: Config, data: TrainData, f: Fold, dist: Dist = SINGLE) -> p
     """The fold's predicting model (best.pt) predicts its validation rows with TTA: its OOF rows,
     written as val_predictions.csv; the epoch checkpoints go."""
     model, rt = predicting_model(cfg, data.meta.shape[1], f.dir, data.diagnosis if aux_head(cfg) else None,
-                                   f.rt.device, progress=dist.main)
+                                   f.rt.device, progress=dist.main, calibration=fold_calibration(cfg, f.k, data),
+                                   write_export=dist.main)
     oof = oof_rows(cfg, data, f.val_idx, predict_fold(model, f.val_loader, rt, cfg.infer.tta,
                                                       f"fold {f.k} OOF", dist))
     if dist.main:
@@ -217,7 +226,8 @@ def finish_fold(cfg: Config, data: TrainData, f: Fold, dist: Dist = SINGLE) -> p
     return oof
 
 
-def run_fold(cfg: Config, data: TrainData, fold: int, stop, dist: Dist = SINGLE) -> pd.DataFrame:
+def run_fold(cfg: Config, data: TrainData, fold: int, stop, dist: Dist = SINGLE,
+             track: Tracking = NO_TRACKING) -> pd.DataFrame:
     """Train one fold (resuming when a checkpoint exists); return its OOF rows. Under torchrun every
     rank runs this; rank 0 alone writes."""
     t = cfg.train
@@ -243,6 +253,7 @@ def run_fold(cfg: Config, data: TrainData, fold: int, stop, dist: Dist = SINGLE)
             log = pd.concat([log, pd.DataFrame([row])], ignore_index=True)
             write_csv(log_path, log)
             save_epoch(f, row["best"], row["val_auc"])
+            track.fold(fold)  # log.tracker: the epoch, once saved
         dist.barrier()  # the checkpoint is on disk before any rank goes on (a kill then resumes from it)
         print(f"fold {fold} epoch {epoch + 1}: loss {row['train_loss']:.4f}  val AUC {row['val_auc']:.4f}"
               f"{'  *best*' if row['best'] else ''}  ({row['train_s']:.0f}s train, peak {row['peak_rss_mb']} MB)")
@@ -256,7 +267,9 @@ def check_run(cfg: Config, dist: Dist) -> list[int]:
     t = cfg.train
     folds = list(dict.fromkeys(t.folds or range(cfg.folds.n_folds)))
     check_backbone(cfg)
-    check_backend(cfg.infer.backend)  # the OOF rows are predicted with it
+    check_freeze(cfg, dist.world)
+    check_backend(cfg.infer.backend, cfg.infer.precision)  # the OOF rows are predicted with it
+    check_tracker(cfg)  # log.tracker's package
     if t.sync_bn and dist.world > 1 and dist.device.type != "cuda":
         raise ConfigError("train.sync_bn=true needs CUDA: torch's SyncBatchNorm does not run on the CPU")
     if t.batch_size % (dist.world * t.accumulate):
@@ -309,19 +322,22 @@ def train(cfg: Config, force: bool = False, dist: Dist = SINGLE) -> pd.DataFrame
     print(f"global batch {t.batch_size} = {dist.world} process(es) x {t.accumulate} accumulation step(s) x "
           f"{t.batch_size // (dist.world * t.accumulate)} rows; lr {t.lr:g} for the global batch, whatever the "
           f"number of processes")
+    print(f"backbone {cfg.model.backbone} starts from {weights_source(cfg.model.backbone, cfg.model.pretrained)}")
     if t.aux_weight > 0 and not cfg.data.diagnosis_col:
         print(f"train.aux_weight={t.aux_weight:g} adds no diagnosis head: data.diagnosis_col is not set (binary model)")
-    stop, oof = StopFlag(), pd.DataFrame()
+    stop, oof, track = StopFlag(), pd.DataFrame(), NO_TRACKING
     try:
+        track = open_tracking(cfg, force, dist)  # rank 0: the tracker run, reopened on resume
         with stop.installed():
             for fold in folds:
                 done = val_predictions_path(cfg.exp_dir / f"fold{fold}")
                 if dist.broadcast(done.exists()):
                     print(f"fold {fold}: done already ({done}); --force retrains it")
                 else:
-                    run_fold(cfg, data, fold, stop, dist)
+                    run_fold(cfg, data, fold, stop, dist, track)
                 if dist.main:
                     oof = run.fold_done(fold)
+        summarise(track, cfg, oof)  # the pooled OOF AUC, oof.csv
     except Interrupted as e:
         again = "without --force" if force else "again"
         print(f"interrupted {e}; run the same command {again} to resume from the last finished epoch",
@@ -330,4 +346,5 @@ def train(cfg: Config, force: bool = False, dist: Dist = SINGLE) -> pd.DataFrame
     finally:
         if run is not None:
             run.release(wrote=True)
+        track.close(sys.exc_info()[1])  # finished, killed or failed
     return oof
