@@ -1,7 +1,9 @@
-"""The compiled and exported paths for benchmarks/throughput.py (issue 17): the machine's fp32 matmul
-rate (its practical ceiling), the model's GFLOP per image, the pipeline's compiled training epoch
-(train.compile) and TTA inference through each infer.backend, each interleaved with the eager raw
-step or forward as throughput.py measures the eager pipeline, and each path's share of the ceiling."""
+"""The compiled, exported, int8 and frozen paths for benchmarks/throughput.py (issues 17, 31): the
+machine's fp32 matmul rate (its practical ceiling), the model's GFLOP per image, the pipeline's
+compiled training epoch (train.compile) and its epoch with the stem and first stages frozen
+(train.freeze_stages), TTA inference through each infer.backend (exported graphs take the uint8
+views themselves) and through OpenVINO int8 (infer.precision=int8), each interleaved with the eager
+raw step or forward as throughput.py measures the eager pipeline, and each path's share of the ceiling."""
 from __future__ import annotations
 
 import copy
@@ -13,6 +15,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.model.backends import example, for_inference
+from pipeline.model.export import exported_runner
+from pipeline.train.calibration import from_training
 from pipeline.core.config import with_overrides
 from pipeline.model.runtime import forward
 from pipeline.train.loop import predict
@@ -58,18 +62,43 @@ def compiled_training(b, train_raw: dict, fmt: str, train_epochs) -> dict:
     return {"rate": pipe.rate, "raw": raw["train"].rate, "compile_s": fold.compile_s, "alone": alone}
 
 
+def frozen_training(b, train_raw: dict, fmt: str, train_epochs) -> dict:
+    """A third fold, built with train.freeze_stages (trainer.build_fold freezes it), trained by run_epoch
+    under its own config as train.py runs it: one warm-up epoch, one timed, interleaved with the full
+    eager raw step (the unfrozen fold's, nothing frozen); then one epoch alone."""
+    cfg = with_overrides(b.cfg, [f"train.freeze_stages={b.args.freeze_stages}"])
+    cfg.infer.batch_size = b.infer_bs
+    fold = build_fold(cfg, b.data, 0)
+    raw = dict(train_raw, train=type(train_raw["train"])())  # a tally of its own
+    pipe, _, _, alone = train_epochs(b, raw, fmt, fold=fold, epochs=2, label=f"frozen {b.args.freeze_stages}",
+                                     cfg=cfg)
+    return {"rate": pipe.rate, "raw": raw["train"].rate, "alone": alone}
+
+
+def runners(b) -> dict:
+    """What predicts, by name: each infer.backend (for_inference, as predicting_model builds it
+    without a cache: exported now) and, with --int8, OpenVINO int8 calibrated on the fold's own
+    training rows (calibration.from_training, as trainer.finish_fold)."""
+    model, rt, size = b.fold.model, b.fold.rt, b.cfg.model.image_size
+    out = {name: (lambda name=name: for_inference(copy.deepcopy(model), rt, name, b.args.compile_mode, b.infer_bs,
+                                                  b.n_meta, size)) for name in b.args.backends}
+    if b.args.int8:
+        out["openvino int8"] = lambda: exported_runner(copy.deepcopy(model).eval(), rt, "openvino", b.n_meta, size,
+                                                       "int8", None, from_training(b.cfg, b.data, 0))
+    return out
+
+
 def backend_inference(b, infer_raw: dict, infer_rounds) -> dict:
-    """Each infer.backend on the trained fold's weights: TTA predictions over the validation rows,
-    their largest difference from eager's, and the rate over rounds interleaved with the eager
-    raw forward. {backend: dict(rate, ratio, ready_s, max_diff)} for the backends that run."""
+    """Each runner on the trained fold's weights: TTA predictions over the validation rows, their
+    largest difference from eager's, and the rate over rounds interleaved with the eager raw
+    forward. {name: dict(rate, ratio, ready_s, max_diff, runs)} for those that run."""
     model, rt, tta = b.fold.model, b.fold.rt, b.args.tta
     eager = predict(model, b.fold.val_loader, rt, tta=tta, desc="eager")
     out = {}
-    for backend in b.args.backends:
+    for backend, build in runners(b).items():
         start = time.perf_counter()
         try:
-            runner = for_inference(copy.deepcopy(model), rt, backend, b.args.compile_mode, b.infer_bs, b.n_meta,
-                                   b.cfg.model.image_size)
+            runner = build()
         except Exception as e:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
             print(f"{backend}: cannot run ({type(e).__name__}: {str(e).splitlines()[0]})", flush=True)
             continue
@@ -77,8 +106,9 @@ def backend_inference(b, infer_raw: dict, infer_rounds) -> dict:
         diff = float(np.abs(predict(runner, b.fold.val_loader, rt, tta=tta, desc=backend) - eager).max())
         raw = dict(infer_raw, infer=type(infer_raw["infer"])())
         tally, ratios = infer_rounds(b, raw, model=runner, rounds=b.args.backend_rounds)
-        out[backend] = {"rate": tally.rate, "ratio": statistics.median(ratios), "ready_s": ready, "max_diff": diff}
-        print(f"{backend}: TTA x{tta} {tally.rate:.1f} views/s, {statistics.median(ratios):.3f}x the eager raw "
+        out[backend] = {"rate": tally.rate, "ratio": statistics.median(ratios), "ready_s": ready, "max_diff": diff,
+                        "runs": getattr(runner, "runs", "fp32")}  # int8 falls back to fp32 where slower
+        print(f"{backend} ({out[backend]['runs']}): TTA x{tta} {tally.rate:.1f} views/s, {statistics.median(ratios):.3f}x the eager raw "
               f"forward (ready in {ready:.0f}s), largest difference from eager {diff:.1e}", flush=True)
     return out
 
@@ -97,6 +127,11 @@ def print_paths(b, m: dict) -> dict:
         rows.append((f"pipeline training, compiled ({b.args.compile_mode})", f"{c['rate']:.1f} img/s",
                      f"{share(c['rate'] * 3 * gflop, ceiling)}; {c['rate'] / c['raw']:.3f}x its interleaved eager raw "
                      f"step ({c['raw']:.1f}); compile {c['compile_s']:.0f}s; alone {c['alone']:.1f}"))
+    z = m.get("frozen")
+    if z:
+        rows.append((f"pipeline training, stem + {b.args.freeze_stages} stage(s) frozen", f"{z['rate']:.1f} img/s",
+                     f"{z['rate'] / z['raw']:.3f}x the full eager raw step beside it ({z['raw']:.1f}); alone "
+                     f"{z['alone']:.1f} (the eager pipeline alone: {m['alone']:.1f})"))
     rows.append(("raw forward, eager", f"{raw_forward:.1f} img/s", share(raw_forward * gflop, ceiling)))
     for name, r in m.get("backends", {}).items():
         rows.append((f"TTA inference, infer.backend={name}", f"{r['rate']:.1f} views/s",
@@ -108,7 +143,10 @@ def print_paths(b, m: dict) -> dict:
         print(f"| {name:<44} | {rate:>15} | {note}")
     shipped = {k: r for k, r in m.get("backends", {}).items() if r["max_diff"] <= 1e-4}
     fastest = max(shipped, key=lambda k: shipped[k]["ratio"]) if shipped else None
+    int8 = m.get("backends", {}).get("openvino int8")
     return {"compiled_train_x": c["rate"] / c["raw"] if c else float("nan"),
+            "int8_infer_x": int8["ratio"] if int8 and int8["runs"] == "int8" else float("nan"),
+            "freeze_train_x": z["rate"] / z["raw"] if z else float("nan"),
             "fastest_infer_x": shipped[fastest]["ratio"] if fastest else float("nan"),
             "fastest_backend": fastest, "gflop": gflop, "ceiling_gflops": ceiling}
 

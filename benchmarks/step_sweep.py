@@ -4,10 +4,13 @@ by step with the eager reference so that load from other processes hits all alik
 
     .venv/bin/python benchmarks/step_sweep.py                       # recipe size: 192 px, batch 32
     .venv/bin/python benchmarks/step_sweep.py --modes default max-autotune-no-cudagraphs --steps 12
+    .venv/bin/python benchmarks/step_sweep.py --batches --modes --freeze 1 2 3 4 5 6   # train.freeze_stages
 
 Settings: eager at each --batches (per-image rate); eager on 1 thread; eager with denormal floats
-flushed to zero (torch.set_flush_denormal); torch.compile of the step's model in each --modes (compile time printed). Each line gives images/s
-and the ratio to the eager reference (batch 32, all threads) measured beside it.
+flushed to zero (torch.set_flush_denormal); torch.compile of the step's model in each --modes (compile time printed);
+the stem and first N stages frozen for each --freeze N (``freeze.set_frozen``, as train.freeze_stages
+does). Each line gives images/s and the ratio to the eager reference (batch 32, all threads, nothing
+frozen) measured beside it.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from pipeline.core.config import load_config  # noqa: E402
 from pipeline.train.process import tune_process  # noqa: E402
 from pipeline.model.runtime import make_runtime, place  # noqa: E402
+from pipeline.model.freeze import set_frozen  # noqa: E402
 from pipeline.model.net import build_model  # noqa: E402
 from pipeline.train.trainer import build_optimizer  # noqa: E402
 from throughput import raw_train_step  # noqa: E402
@@ -36,11 +40,12 @@ class Step:
     """One raw training step of its own model, optimizer and inputs: ``run()`` returns seconds."""
 
     def __init__(self, cfg, batch: int, compile_mode: str | None = None, threads: int | None = None,
-                 flush_denormal: bool = False):
+                 flush_denormal: bool = False, freeze: int = 0):
         self.model = build_model(cfg, N_META, pretrained="none")
         self.rt = make_runtime(self.model, cfg.train.amp, cfg.train.cpu_bf16, True)
         place(self.model, self.rt)
         self.opt = build_optimizer(self.model, cfg.train)
+        set_frozen(self.model, freeze)  # after the optimizer, as trainer.build_fold does
         size = cfg.model.image_size
         self.x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
         self.meta, self.y = torch.randn(batch, N_META), (torch.rand(batch) < 0.2).float()
@@ -67,6 +72,7 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, default=192)
     p.add_argument("--batches", type=int, nargs="*", default=[16, 32, 64])
     p.add_argument("--modes", nargs="*", default=["default"], help="torch.compile modes to try at batch 32")
+    p.add_argument("--freeze", type=int, nargs="*", default=[], help="train.freeze_stages values to try at batch 32")
     p.add_argument("--steps", type=int, default=10, help="timed steps per setting (after 2 warm-up steps)")
     args = p.parse_args(argv)
     cfg = load_config(None, [f"model.image_size={args.image_size}"])
@@ -82,6 +88,8 @@ def main(argv=None):
         step = Step(cfg, 32, compile_mode=mode)
         print(f"compiled ({mode}): first step (the compile) {step.compile_s:.0f}s", flush=True)
         settings[f"compiled {mode}, batch 32"] = step
+    for n in args.freeze:
+        settings[f"eager, batch 32, stem + {n} stage(s) frozen"] = Step(cfg, 32, freeze=n)
     times = {name: [] for name in ["eager, batch 32 (reference)", *settings]}
     for s in [ref, *settings.values()]:
         s.run(), s.run()  # warm-up

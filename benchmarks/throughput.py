@@ -37,7 +37,13 @@ Images: ``--source isic2017`` (../shared/data/isic2017/images, real 256x256 JPEG
 present) or ``--source generated`` (synthetic 512x512 JPEGs from pipeline.data.sample.render_image,
 written to a temporary folder). The last line is machine-readable::
 
-    train_ratio=<pipeline/raw> infer_ratio=<pipeline/raw> peak_rss_mb=<MiB>
+    train_ratio=<pipeline/raw> infer_ratio=<pipeline/raw> ... peak_rss_mb=<MiB>
+
+with, from benchmarks/paths.py: ``compiled_train_x=`` and ``freeze_train_x=`` (the compiled epoch, and
+the epoch with ``--freeze-stages`` frozen, over the full eager raw step beside it), ``fastest_infer_x=``
+(the fastest backend within 1e-4 of eager: fp32, the per-view work inside the exported graph) and
+``int8_infer_x=`` (OpenVINO int8, over the eager raw forward beside it; nan where the pipeline falls
+back to fp32 because int8 runs slower).
 """
 from __future__ import annotations
 
@@ -210,6 +216,9 @@ def parse_args(argv) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
                    help="infer.backend values to measure, comma-separated ('' = none)")
     p.add_argument("--backend-rounds", type=int, default=5, help="TTA rounds per backend; the first is a warm-up")
     p.add_argument("--compile-mode", default="default", help="inductor mode of the compiled paths")
+    p.add_argument("--no-int8", dest="int8", action="store_false", help="skip OpenVINO int8 inference")
+    p.add_argument("--freeze-stages", type=int, default=3, help="train.freeze_stages of the frozen training "
+                   "epoch (0: skip it)")
     args = p.parse_args(argv)
     if args.epochs < 2 or args.infer_rounds < 2:
         p.error("--epochs and --infer-rounds must be at least 2 (the first one is a warm-up)")
@@ -271,7 +280,8 @@ def setup(b: Bench, tmp: Path, rng: np.random.Generator) -> None:
 
     # The pipeline: one fold built and trained by the trainer's own steps (trainer.build_fold,
     # trainer.run_epoch: what train.py runs), on a table whose fold 0 is the validation set.
-    df = pd.DataFrame({"cache_row": np.arange(len(b.paths)), "target": y.astype(int),
+    df = pd.DataFrame({"image_name": [f"bench{i}" for i in range(len(b.paths))],  # int8 calibration's ids
+                       "cache_row": np.arange(len(b.paths)), "target": y.astype(int),
                        "fold": np.r_[np.ones(b.n_train, int), np.zeros(b.n_val, int)]})
     b.data = TrainData(df, images, meta, None, [])
     b.fold = build_fold(b.cfg, b.data, 0)
@@ -331,12 +341,13 @@ def probe(b: Bench) -> tuple[str, str, dict, dict]:
 
 
 def train_epochs(b: Bench, train_raw: dict, fmt: str, fold=None, epochs: int | None = None,
-                 label: str = "pipeline") -> tuple[Tally, Tally, list, float]:
+                 label: str = "pipeline", cfg=None) -> tuple[Tally, Tally, list, float]:
     """The pipeline's epochs (run_epoch, as train.py runs it), each pipeline step followed by a raw
     step of the faster format; the first epoch is a warm-up for both. Then one more epoch alone.
     Returns the pipeline's training and validation tallies, the loader waits, and the alone rate.
-    ``fold``: another fold than the pipeline's (the compiled one), ``epochs`` of it."""
-    fold, epochs = fold or b.fold, epochs or b.args.epochs
+    ``fold``: another fold than the pipeline's (the compiled or frozen one), ``epochs`` of it, run under
+    ``cfg`` (that fold's config; default the pipeline's)."""
+    fold, epochs, cfg = fold or b.fold, epochs or b.args.epochs, cfg or b.cfg
     t, n_train, n_val = b.cfg.train, b.n_train, b.n_val
     train_loader, timed = fold.train_loader, False
 
@@ -349,7 +360,7 @@ def train_epochs(b: Bench, train_raw: dict, fmt: str, fold=None, epochs: int | N
     for epoch in range(epochs):
         timed = epoch > 0
         loader = fold.train_loader = Interleaved(train_loader, between)
-        row = run_epoch(b.cfg, fold, epoch, lambda: False)  # train.py's epoch, as it is
+        row = run_epoch(cfg, fold, epoch, lambda: False)  # train.py's epoch, as it is
         train_s, val_s = row["train_s"] - loader.between_s, row["val_s"]
         if timed:
             pipe_train.add(n_train, train_s, loader.steps)
@@ -363,7 +374,7 @@ def train_epochs(b: Bench, train_raw: dict, fmt: str, fold=None, epochs: int | N
     fold.train_loader = train_loader
     # One more epoch alone, nothing in between: the figure train.py's log.csv shows (images / train_s),
     # to check the interleaved measurement against.
-    row = run_epoch(b.cfg, fold, epochs, lambda: False)
+    row = run_epoch(cfg, fold, epochs, lambda: False)
     alone = n_train / row["train_s"]
     print(f"epoch {epochs + 1} alone, as log.csv times it: {alone:.1f} img/s", flush=True)
     return pipe_train, pipe_val, fetch, alone
@@ -465,7 +476,8 @@ def print_table(b: Bench, m: dict) -> None:
     extra = paths.print_paths(b, m)
     print()
     print(f"train_ratio={train_ratio:.3f} infer_ratio={infer_ratio:.3f} infer_ratio_median={med:.3f} "
-          f"compiled_train_x={extra['compiled_train_x']:.3f} fastest_infer_x={extra['fastest_infer_x']:.3f} "
+          f"compiled_train_x={extra['compiled_train_x']:.3f} freeze_train_x={extra['freeze_train_x']:.3f} "
+          f"fastest_infer_x={extra['fastest_infer_x']:.3f} int8_infer_x={extra['int8_infer_x']:.3f} "
           f"fastest_backend={extra['fastest_backend']} gflop_per_image={extra['gflop']:.3f} "
           f"ceiling_gflops={extra['ceiling_gflops']:.1f} peak_rss_mb={int(round(rss_mb))}")
 
@@ -487,6 +499,8 @@ def main(argv=None):
         m["backends"] = paths.backend_inference(b, m["infer_raw"], infer_rounds)
         if not b.args.no_compiled_train:
             m["compiled"] = paths.compiled_training(b, m["train_raw"], m["train_fmt"], train_epochs)
+        if b.args.freeze_stages:
+            m["frozen"] = paths.frozen_training(b, m["train_raw"], m["train_fmt"], train_epochs)
     print_table(b, m)
 
 

@@ -4,6 +4,12 @@ becomes an OOF table that ``python -m pipeline cv`` compares with intervals; no 
 
     .venv/bin/python benchmarks/tta_views.py oof/cpuhour/ref_seed42 --views 1,2,4,8
     .venv/bin/python -m pipeline cv oof/cpuhour/ref_seed42_tta{1,2,4,8} --baseline ref_seed42_tta4 --no-plot
+    .venv/bin/python benchmarks/tta_views.py oof/x --views 4 --backend openvino --precision int8  # -> oof/x_tta4_openvino-int8
+
+``--backend`` and ``--precision`` predict with another ``infer.backend`` / ``infer.precision`` than the
+experiment's (int8 calibrated on each fold's own training rows, calibration.from_training, as
+train.py does; the export is made in memory, nothing is written beside best.pt); the folders are then
+named ``<experiment>_tta<views>_<backend>-<precision>``.
 
 Each table goes beside the experiment, ``<experiment>_tta<views>/``: a re-prediction folder
 (``tta.json``, what it re-predicts, written first; then ``oof.csv``), new or an earlier re-prediction,
@@ -41,6 +47,7 @@ from pipeline.experiment.record import saved_config  # noqa: E402
 from pipeline.core.files import write_json  # noqa: E402
 from pipeline.data.prepare import aux_head, eval_loader, prepare
 from pipeline.experiment.oof import oof_rows  # noqa: E402
+from pipeline.train.calibration import fold_calibration  # noqa: E402
 from pipeline.experiment.record import data_changes, missing_record, training_record  # noqa: E402
 from pipeline.report.stats import auc  # noqa: E402
 
@@ -73,9 +80,9 @@ def open_experiment(exp: Path) -> C.Config:
     return cfg
 
 
-def outputs(exp: Path, views: list[int]) -> dict[int, Path]:
-    """``<experiment>_tta<v>`` for each view count, each a new folder or an earlier re-prediction."""
-    outs = {v: exp.with_name(f"{exp.name}_tta{v}") for v in views}
+def outputs(exp: Path, views: list[int], suffix: str = "") -> dict[int, Path]:
+    """``<experiment>_tta<v><suffix>`` for each view count, each a new folder or an earlier re-prediction."""
+    outs = {v: exp.with_name(f"{exp.name}_tta{v}{suffix}") for v in views}
     for out in outs.values():
         folders.check_output_folder(out, "re-prediction", "move that folder away (or re-predict a copy of the "
                                                    "experiment under another name)")
@@ -98,7 +105,8 @@ def predict_views(cfg: C.Config, data, exp: Path, views: list[int]) -> tuple[dic
     for k in range(cfg.folds.n_folds):
         idx = np.flatnonzero(data.df["fold"].to_numpy() == k)
         loader = eval_loader(cfg, data, idx)
-        model, rt = predicting_model(cfg, data.meta.shape[1], exp / f"fold{k}", data.diagnosis if aux_head(cfg) else None)
+        model, rt = predicting_model(cfg, data.meta.shape[1], exp / f"fold{k}", data.diagnosis if aux_head(cfg) else None,
+                                     calibration=fold_calibration(cfg, k, data), write_export=False)
         for v in views:
             start = time.perf_counter()
             pred = predict(model, loader, rt, tta=v, desc=f"fold {k} TTA x{v}")
@@ -107,19 +115,21 @@ def predict_views(cfg: C.Config, data, exp: Path, views: list[int]) -> tuple[dic
     return tables, seconds
 
 
-def write_re_prediction(out: Path, exp: Path, views: int, oof: pd.DataFrame) -> None:
+def write_re_prediction(out: Path, exp: Path, views: int, oof: pd.DataFrame, infer: dict) -> None:
     """tta.json first (the marker), after the files of an earlier re-prediction have gone."""
     for name in ("oof.csv", "roc.png"):
         (out / name).unlink(missing_ok=True)
-    write_json(out / "tta.json", {"experiment": str(exp), "resolved": str(exp.resolve()), "views": views})
+    write_json(out / "tta.json", {"experiment": str(exp), "resolved": str(exp.resolve()), "views": views, **infer})
     oof_table.write(out / "oof.csv", oof)
 
 
-def re_predict(exp: Path, views_text: str) -> None:
+def re_predict(exp: Path, views_text: str, backend: str | None = None, precision: str | None = None) -> None:
     views = parse_views(views_text)
     exp = exp.resolve() if exp.name in ("", ".", "..") else exp
     cfg = open_experiment(exp)
-    outs = outputs(exp, views)
+    given = [f"infer.{k}={v}" for k, v in (("backend", backend), ("precision", precision)) if v]
+    cfg = C.with_overrides(cfg, given)
+    outs = outputs(exp, views, f"_{cfg.infer.backend}-{cfg.infer.precision}" if given else "")
     tune_process(cfg)
     data = prepare(cfg)
     check_same_data(exp, cfg, data)
@@ -127,7 +137,7 @@ def re_predict(exp: Path, views_text: str) -> None:
     print(f"(the experiment's own oof.csv: TTA x{cfg.infer.tta})")
     for v in views:
         oof = pd.concat(tables[v], ignore_index=True)
-        write_re_prediction(outs[v], exp, v, oof)
+        write_re_prediction(outs[v], exp, v, oof, {"backend": cfg.infer.backend, "precision": cfg.infer.precision})
         print(f"TTA x{v}: pooled OOF AUC {auc(oof['target'], oof['pred']):.4f}, "
               f"{seconds[v]:.1f} s for {len(oof)} images -> {outs[v] / 'oof.csv'}")
 
@@ -136,8 +146,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", type=Path, help="a trained experiment folder (config.yaml, fold<k>/best.pt)")
     p.add_argument("--views", default="1,2,4,8", help=f"comma-separated view counts (1..{VIEWS})")
+    p.add_argument("--backend", help="infer.backend to predict with (default: the experiment's)")
+    p.add_argument("--precision", help="infer.precision to predict with (default: the experiment's)")
     args = p.parse_args(argv)
-    return stoppable(lambda: re_predict(args.experiment, args.views))
+    return stoppable(lambda: re_predict(args.experiment, args.views, args.backend, args.precision))
 
 
 if __name__ == "__main__":
