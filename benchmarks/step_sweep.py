@@ -70,12 +70,13 @@ class Step:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--image-size", type=int, default=192)
+    p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--batches", type=int, nargs="*", default=[16, 32, 64])
     p.add_argument("--modes", nargs="*", default=["default"], help="torch.compile modes to try at batch 32")
     p.add_argument("--freeze", type=int, nargs="*", default=[], help="train.freeze_stages values to try at batch 32")
     p.add_argument("--steps", type=int, default=10, help="timed steps per setting (after 2 warm-up steps)")
     args = p.parse_args(argv)
-    cfg = load_config(None, [f"model.image_size={args.image_size}"])
+    cfg = load_config(None, [f"model.image_size={args.image_size}", f"model.backbone={args.backbone}"])
     tune_process(cfg)  # train.py's process switches
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, {args.image_size} px, {cfg.model.backbone}", flush=True)

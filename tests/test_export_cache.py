@@ -282,6 +282,22 @@ def test_int8_slower_than_fp32_here_predicts_in_fp32_with_one_line(tmp_path, mon
     assert len(quantized) == 1 and quantized[0] is calibration.load()[0]
 
 
+def test_int8_quantizes_the_convolutions_and_leaves_the_matmuls_in_fp32():
+    """Convolutions take int8-rounded inputs (a FakeQuantize before them) and int8 weights (decompressed
+    by a Multiply); the MatMuls take neither: fp32 inputs and fp32 weights (a Constant)."""
+    model = trained_looking(3)
+    rt = on_cpu(model)
+    images, meta = synthetic_calibration().load()
+    int8 = E.quantize(E.openvino_graph(model, rt, 3, 32), images, meta)
+    inputs = {"Convolution": [], "MatMul": []}
+    for op in int8.get_ordered_ops():
+        if op.get_type_name() in inputs:
+            inputs[op.get_type_name()].append(tuple(v.get_node().get_type_name() for v in op.input_values()))
+    assert sum(ins == ("FakeQuantize", "Multiply") for ins in inputs["Convolution"]) >= 5
+    assert len(inputs["MatMul"]) == 3 and all(ins[0] != "FakeQuantize" and ins[1] == "Constant"
+                                              for ins in inputs["MatMul"])
+
+
 def test_the_speed_check_times_a_batch_of_both_models():
     model = trained_looking(3)
     rt = on_cpu(model)

@@ -138,11 +138,33 @@ def test_the_features_come_from_the_experiments_config(made, tmp_path):
     exp = write_experiment(tmp_path / "oof" / "d", rows, **{"features.categorical": "[sex]",
                                                            "features.numeric": "[]", "data.diagnosis_col": "diagnosis"})
     table = cv.compare([exp], plot=False, n_boot=10, out=tmp_path / "r")["subgroups"]
-    assert list(dict.fromkeys(table["by"])) == ["all", "sex", "diagnosis", "images per patient_id", "fold"]
+    assert list(dict.fromkeys(table["by"])) == ["all", "sex", "diagnosis", "diagnosis vs", "images per patient_id",
+                                                "fold"]
     assert row(table, "diagnosis", "melanoma")["note"] == "too few: 0 negatives"
     families = list(dict.fromkeys(made["table"]["by"]))
     assert families == ["all", "sex", "anatom_site_general_challenge", "age_approx", "images per patient_id", "fold",
                         "colour"]
+
+
+def test_where_the_diagnosis_decides_the_target_each_class_is_scored_against_the_positives(tmp_path):
+    """ISIC 2017's case: melanoma is target 1, nevus and seborrheic keratosis target 0, so no class
+    alone can be scored; 'diagnosis vs' scores every positive with one class's negatives."""
+    rows = dataset(1)
+    rng = np.random.default_rng(1)
+    rows["diagnosis"] = np.where(rows["target"] == 1, "melanoma", rng.choice(["nevus", "keratosis"], len(rows)))
+    keratosis = (rows["diagnosis"] == "keratosis").to_numpy()
+    rows["pred"] = np.where(keratosis, rng.random(len(rows)), rows["target"] + 0.3 * rng.normal(size=len(rows)))
+    exp = write_experiment(tmp_path / "oof" / "d", rows, **{"data.diagnosis_col": "diagnosis"})
+    table = cv.compare([exp], plot=False, n_boot=50, out=tmp_path / "r")["subgroups"]
+    assert row(table, "diagnosis", "nevus")["note"] == "too few: 0 positives"
+    for cls in ("nevus", "keratosis"):
+        got = row(table, "diagnosis vs", f"positives vs {cls}")
+        part = rows[(rows["target"] == 1) | (rows["diagnosis"] == cls)]
+        assert (got["rows"], got["positives"]) == (len(part), int(part["target"].sum()))
+        assert got["auc"] == pytest.approx(roc_auc_score(part["target"], part["pred"]))
+    assert row(table, "diagnosis vs", "positives vs keratosis")["vs_pooled"] == "below pooled"
+    assert row(table, "diagnosis vs", "positives vs nevus")["vs_pooled"] == "above pooled"
+    assert not (table["group"] == "positives vs melanoma").any()  # no negatives of its own
 
 
 def test_without_a_group_column_the_rows_are_resampled_and_there_are_no_images_per_patient(tmp_path, capsys):

@@ -9,7 +9,10 @@ The subgroups, in this order (a family is a column, each of its values or bands 
 - each numeric feature (``features.numeric``): a column whose name has the word ``age`` (``age_approx``)
   in the bands of ``AGE_BANDS`` (<30, 30-44, 45-59, 60-74, 75+; 44.5 is in 30-44), any other in
   quartile bands when it has more than ``MAX_LEVELS`` distinct values, else one subgroup per value;
-- the diagnosis (``data.diagnosis_col``), when the experiment has one;
+- the diagnosis (``data.diagnosis_col``), when the experiment has one: each class, then each class
+  that holds negatives against every positive (``<diagnosis> vs``: the positives with that class's
+  negatives, how well the model tells the two apart; where the diagnosis decides the target, as in
+  ISIC 2017, a class alone holds one target and cannot be scored);
 - images per patient (the rows of each patient in oof.csv), in the bands of ``IMAGE_BANDS``, when
   oof.csv has a group column;
 - the fold;
@@ -143,9 +146,17 @@ def training_table(cfg, ids: pd.Series) -> tuple[pd.DataFrame | None, Path | Non
     return table.reindex(ids.to_numpy()).reset_index(drop=True), path
 
 
-def families(a, by: list[str]) -> tuple[list[tuple[str, pd.Series, list]], list[str]]:
-    """Every family of subgroups of the report ``a`` (pipeline/report/cv.analyse) as (by, each row's
-    subgroup, subgroups in order), and the warnings (one line each) about what was left out."""
+def against(name: str, labels: pd.Series, order: list, target: np.ndarray) -> tuple[str, list]:
+    """The family ``<name> vs``: for each class holding negatives, every positive with that class's
+    negatives, as ('positives vs <class>', rows)."""
+    negative = target == 0
+    return f"{name} vs", [(f"positives vs {c}", ~negative | (negative & (labels == c).to_numpy())) for c in order
+                          if (negative & (labels == c).to_numpy()).any()]
+
+
+def families(a, by: list[str]) -> tuple[list[tuple[str, list]], list[str]]:
+    """Every family of subgroups of the report ``a`` (pipeline/report/cv.analyse) as (by, [(subgroup,
+    its rows as a mask), ...] in order), and the warnings (one line each) about what was left out."""
     frame, gcol = a.frame, a.frame.attrs.get("group_col")
     record, cfg, exp, warnings = experiment_columns(a.dirs, frame["id"])
     plan = []  # (by, values, numeric: True, False, None (when all are numbers) or bands)
@@ -170,7 +181,9 @@ def families(a, by: list[str]) -> tuple[list[tuple[str, pd.Series, list]], list[
         if len(order) > MAX_LEVELS:
             warnings.append(f"subgroups: '{name}' has {len(order)} values, over {MAX_LEVELS}: left out")
             continue
-        out.append((name, labels, order))
+        out.append((name, [(g, (labels == g).to_numpy()) for g in order]))
+        if cfg is not None and name == cfg.data.diagnosis_col:
+            out.append(against(name, labels, order, a.frame["target"].to_numpy()))
     return out, warnings
 
 
@@ -228,9 +241,9 @@ def subgroup_table(a, by: list[str] = ()) -> pd.DataFrame:
     rows = [{"experiment": n, "by": "all", "group": "all rows", "rows": len(frame),
              "positives": int(frame["target"].sum()), "auc": pooled.loc[n, "pooled_auc"],
              "auc_lo": pooled.loc[n, "pooled_lo"], "auc_hi": pooled.loc[n, "pooled_hi"], "note": ""} for n in names]
-    for name, labels, order in found:
-        for group in order:
-            part = frame[(labels == group).to_numpy()]
+    for name, groups in found:
+        for group, rows_of in groups:
+            part = frame[rows_of]
             positives = int(part["target"].sum())
             note = too_few(positives, len(part) - positives)
             rng = np.random.default_rng([a.seed, 2, zlib.crc32(f"{name}\0{group}".encode())])
