@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import errno
 import io
+import json
 import os
 import re
 import shutil
@@ -405,6 +406,19 @@ def test_tta_views_re_predicts_beside_the_experiment_like_train_py_did(trained, 
     assert tta_views.main([str(exp), "--views", "4"]) == 2
     assert f"{other}: is an experiment (config.yaml, written by train.py), not a re-prediction" in capsys.readouterr().err
     assert sorted(p.name for p in other.iterdir()) == ["config.yaml", "data.csv"]
+
+
+def test_tta_views_with_another_backend_predicts_as_eager_and_writes_nothing_beside_best_pt(trained):
+    """--backend openvino: its own folder (tiny_tta2_openvino-fp32), eager's predictions within 1e-4,
+    and the export made in memory: the experiment's fold folders are as they were."""
+    exp = trained.exp
+    before = {k: sorted(p.name for p in (exp / f"fold{k}").iterdir()) for k in range(3)}
+    assert tta_views.main([str(exp), "--views", "2", "--backend", "openvino"]) == 0
+    out = exp.with_name("tiny_tta2_openvino-fp32")
+    again, eager = pd.read_csv(out / "oof.csv"), pd.read_csv(exp / "oof.csv")
+    assert (again["pred"] - eager["pred"]).abs().max() < 1e-4
+    assert json.loads((out / "tta.json").read_text())["backend"] == "openvino"
+    assert {k: sorted(p.name for p in (exp / f"fold{k}").iterdir()) for k in range(3)} == before
 
 
 def test_tta_views_on_other_data_than_the_experiment_was_trained_on_is_refused(trained, tiny_data, capsys):

@@ -172,13 +172,6 @@ def check_backend(backend: str, precision: str = "fp32") -> None:
                           "infer.precision=fp32")
 
 
-def need(package: str, backend: str):
-    try:
-        return importlib.import_module(package)
-    except ImportError:
-        raise missing(package, backend) from None
-
-
 def missing(package: str, backend: str) -> ConfigError:
     return ConfigError(f"infer.backend={backend} needs the {package} package (pip install {package}), "
                        f"or use infer.backend=torch")
