@@ -8,7 +8,8 @@
 #     EXTRA="train.aux_weight=0 model.predict=binary" bash benchmarks/cpu_hour_final.sh   # the recipe before issue 18
 #     NAME=ov_p5 EXTRA="infer.backend=openvino train.patience=5" BASELINE=oof/diag/bin bash benchmarks/cpu_hour_final.sh
 #
-# EXTRA: overrides on top of the recipe; BASELINE: the experiment compared against (same rows and folds).
+# EXTRA: overrides on top of the recipe; BASELINE: the experiment compared against (same rows and folds);
+# SCORE_VAL=0: leave the val split unscored (a candidate; score the chosen one with benchmarks/score_val.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -23,20 +24,6 @@ t1=$SECONDS
 t2=$SECONDS
 printf '%s\t%s\n%s_infer\t%s\n' $NAME $((t1 - t0)) $NAME $((t2 - t1)) >> $OUT/wall.tsv
 echo "whole run: train.py $((t1 - t0)) s + infer.py $((t2 - t1)) s = $(( (t2 - t0) / 60 )) min $(( (t2 - t0) % 60 )) s"
-"$PY" - "$OUT/$NAME/submission.csv" <<'PY'
-import sys
-import numpy as np
-import pandas as pd
-from sklearn.metrics import roc_auc_score
-from pipeline.report import stats
-sub = pd.read_csv(sys.argv[1])
-meta = pd.read_csv("../shared/data/isic2017/metadata.csv").set_index("image_id")
-y, p = meta.loc[sub["image_id"], "melanoma"].to_numpy(), sub["melanoma"].to_numpy()
-assert (meta.loc[sub["image_id"], "split"] == "val").all() and len(sub) == 150
-draws = stats.draw_groups(len(y), 1000, np.random.default_rng(0))  # pipeline.stats' bootstrap: each image a group
-lo, hi = stats.percentile_interval(stats.bootstrap_auc(p, y, stats.group_codes(None, len(y)), draws)[:, 0])
-print(f"val split (scored once): AUC {roc_auc_score(y, p):.4f} (95% interval {lo:.3f} to {hi:.3f}, images resampled) "
-      f"on {len(sub)} images, {int(y.sum())} melanoma")
-PY
+if [ "${SCORE_VAL:-1}" = 1 ]; then bash benchmarks/score_val.sh "$OUT/$NAME/submission.csv"; fi
 BASELINE=${BASELINE:-$OUT/ref_seed42}
 "$PY" -m pipeline cv "$BASELINE" $OUT/$NAME --baseline "$(basename "$BASELINE")" --no-plot --out $OUT/compare_$NAME
