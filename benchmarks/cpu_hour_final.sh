@@ -26,4 +26,6 @@ printf '%s\t%s\n%s_infer\t%s\n' $NAME $((t1 - t0)) $NAME $((t2 - t1)) >> $OUT/wa
 echo "whole run: train.py $((t1 - t0)) s + infer.py $((t2 - t1)) s = $(( (t2 - t0) / 60 )) min $(( (t2 - t0) % 60 )) s"
 if [ "${SCORE_VAL:-1}" = 1 ]; then bash benchmarks/score_val.sh "$OUT/$NAME/submission.csv"; fi
 BASELINE=${BASELINE:-$OUT/ref_seed42}
-"$PY" -m pipeline cv "$BASELINE" $OUT/$NAME --baseline "$(basename "$BASELINE")" --no-plot --out $OUT/compare_$NAME
+if [ "$BASELINE" != "$OUT/$NAME" ]; then  # a run named as its own baseline (the first of a comparison) has nothing to pair
+  "$PY" -m pipeline cv "$BASELINE" $OUT/$NAME --baseline "$(basename "$BASELINE")" --no-plot --out $OUT/compare_$NAME
+fi
