@@ -13,10 +13,10 @@ oof/diag/compare_s7 for ``SEED=7`` runs named <run>_s7), an arm trained on sever
 with ``bin`` over the seeds (the mean of the per-seed differences, on the same replicates), and each
 run's val-split AUC is scored once from its submission.csv.
 
-Runs outlive the machine: every OOF table and submission read here is saved, without its labels,
-to benchmarks/diagnosis_preds/<name>.csv and <name>_val.csv (committed). A run whose folder is gone
-is rebuilt from them (the labels joined back from ISIC 2017's metadata.csv) into oof/diag/saved/,
-so a later session can add a seed and compare it with these runs without training them again.
+Runs outlive the machine (benchmarks/saved_runs.py): every OOF table and submission read here is
+saved, without its labels, to benchmarks/diagnosis_preds/<name>.csv and <name>_val.csv (committed). A
+run whose folder is gone is rebuilt from them into oof/diag/saved/, so a later session can add a seed
+and compare it with these runs without training them again.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -35,18 +36,17 @@ from pipeline.core import config as C  # noqa: E402
 from pipeline.experiment import oof  # noqa: E402
 from pipeline.train.checkpoints import predicting_model  # noqa: E402
 from pipeline.train.process import tune_process  # noqa: E402
-from pipeline.report.cv import analyse, compare  # noqa: E402
+from pipeline.report.cv import compare, over_seeds  # noqa: E402
 from pipeline.train.loop import predict  # noqa: E402
 from pipeline.experiment.record import saved_config
 from pipeline.experiment.oof import val_predictions_path  # noqa: E402
 from pipeline.data.prepare import aux_head, eval_loader, prepare
 from pipeline.experiment.oof import oof_rows  # noqa: E402
-from pipeline.report.stats import auc, bootstrap_auc, draw_groups, group_codes, paired_difference  # noqa: E402
+from pipeline.report.stats import auc  # noqa: E402
+from saved_runs import ID, METADATA, TARGET, restore, save  # noqa: E402
 
 OUT = ROOT / "oof" / "diag"
 SAVED = ROOT / "benchmarks" / "diagnosis_preds"
-METADATA = ROOT.parent / "shared" / "data" / "isic2017" / "metadata.csv"
-ID, TARGET = "image_id", "melanoma"
 
 
 def every_readout(model):
@@ -84,29 +84,6 @@ def readouts(exp: Path) -> list[Path]:
     return list(outs.values())
 
 
-def save(exp: Path) -> None:
-    """The run's OOF predictions (id, fold, pred) and val-split submission, labels left out."""
-    SAVED.mkdir(exist_ok=True)
-    oof.read(exp / "oof.csv")[[ID, "fold", "pred"]].to_csv(SAVED / f"{exp.name}.csv", index=False, float_format="%.8g")
-    if (exp / "submission.csv").is_file():
-        pd.read_csv(exp / "submission.csv").to_csv(SAVED / f"{exp.name}_val.csv", index=False, float_format="%.8g")
-
-
-def restore(name: str) -> Path | None:
-    """A saved run rebuilt as an OOF folder (labels from metadata.csv), or None when none is saved."""
-    if not (SAVED / f"{name}.csv").is_file():
-        return None
-    saved = pd.read_csv(SAVED / f"{name}.csv", dtype={ID: "string"})
-    labels = pd.read_csv(METADATA, dtype={ID: "string"}).set_index(ID)[TARGET]
-    out = OUT / "saved" / name
-    out.mkdir(parents=True, exist_ok=True)
-    oof.write(out / "oof.csv", oof.table(oof.Layout(ID), saved[ID], None, saved["fold"],
-                                         labels.loc[saved[ID]].to_numpy().astype(int), saved["pred"]))
-    if (SAVED / f"{name}_val.csv").is_file():
-        (out / "submission.csv").write_bytes((SAVED / f"{name}_val.csv").read_bytes())
-    return out
-
-
 def val_auc(exp: Path) -> str:
     """The val split's AUC from the run's submission (150 images, scored once)."""
     sub = exp / "submission.csv"
@@ -123,18 +100,11 @@ def arm_and_seed(name: str) -> tuple[str, str]:
     return m[1], m[2] or ""
 
 
-def over_seeds(base: list[Path], arm: list[Path], n_boot: int = 1000) -> str:
-    """The arm minus the baseline, averaged over seeds (``base[i]`` and ``arm[i]`` share a seed): the
-    difference, its 95% interval and share <= 0 from the same replicates of all four runs."""
-    frame = analyse([*base, *arm]).frame
-    target, n = frame["target"].to_numpy(), len(base)
-    preds = np.column_stack([frame[f"pred:{k}"].to_numpy() for k in range(2 * n)])
-    codes = group_codes(frame["group"] if frame.attrs.get("group_col") else None, len(frame))
-    boot = bootstrap_auc(preds, target, codes, draw_groups(codes.max() + 1, n_boot, np.random.default_rng(0)))
-    pooled = np.array([auc(target, preds[:, k]) for k in range(2 * n)])
-    diff, lo, hi, p = paired_difference(boot[:, n:].mean(1), boot[:, :n].mean(1), pooled[n:].mean(), pooled[:n].mean())
-    return (f"{arm_and_seed(arm[0].name)[0]} - bin over {n} seeds: pooled OOF AUC {pooled[n:].mean():.4f} vs "
-            f"{pooled[:n].mean():.4f}, difference {diff:+.4f} (95% {lo:+.4f} to {hi:+.4f}, share <= 0: {p:.3f})")
+def vs_bin_over_seeds(base: list[Path], arm: list[Path]) -> str:
+    """The arm minus ``bin`` averaged over the seeds (``base[i]`` and ``arm[i]`` share a seed)."""
+    o = over_seeds(base, arm)
+    return (f"{arm_and_seed(arm[0].name)[0]} - bin over {o.seeds} seeds: pooled OOF AUC {o.arm:.4f} vs "
+            f"{o.base:.4f}, difference {o.diff:+.4f} (95% {o.lo:+.4f} to {o.hi:+.4f}, share <= 0: {o.share:.3f})")
 
 
 def main() -> None:
@@ -147,11 +117,11 @@ def main() -> None:
         if (OUT / r / "oof.csv").is_file():
             modes[r] = readouts(OUT / r)
             for d in [OUT / r, *modes[r]]:
-                save(d)
+                save(d, SAVED)
             runs[r] = OUT / r
-        elif (found := restore(r)) is not None:
+        elif (found := restore(r, SAVED, OUT / "saved")) is not None:
             runs[r] = found
-            modes[r] = [d for m in C.PREDICT if (d := restore(f"{r}_{m}")) is not None]
+            modes[r] = [d for m in C.PREDICT if (d := restore(f"{r}_{m}", SAVED, OUT / "saved")) is not None]
         else:
             print(f"{r}: neither trained in {OUT / r} nor saved in {SAVED}: left out")
     seeds = sorted({arm_and_seed(r)[1] for r in runs}, key=len)
@@ -163,7 +133,7 @@ def main() -> None:
     for arm in dict.fromkeys(arm_and_seed(r)[0] for r in runs):
         both = [s for s in seeds if f"bin{s}" in runs and f"{arm}{s}" in runs]
         if arm != "bin" and len(both) > 1:
-            print(over_seeds([runs[f"bin{s}"] for s in both], [runs[f"{arm}{s}"] for s in both]))
+            print(vs_bin_over_seeds([runs[f"bin{s}"] for s in both], [runs[f"{arm}{s}"] for s in both]))
     print("\nval split (150 images, scored once): " + ", ".join(f"{r} {val_auc(d)}" for r, d in runs.items()))
 
 

@@ -153,6 +153,26 @@ def test_paired_difference_to_itself_is_zero_and_a_better_experiment_is_above_ze
     assert b["p_diff_le_0"] < 0.01
 
 
+def test_over_one_seed_is_the_tables_paired_difference_and_over_two_the_mean_of_theirs(experiments, tmp_path):
+    e = experiments
+    c = write_experiment(tmp_path / "c", e["rows"], prediction(e["latent"], 1.2, seed=5), epochs=None)
+    d = write_experiment(tmp_path / "d", e["rows"], prediction(e["latent"], 0.6, seed=6), epochs=None)
+    tables = []
+    for base, arm in [(e["a"], e["b"]), (c, d)]:
+        tables.append(cv.compare([base, arm], baseline=base.name, plot=False, n_boot=500, out=tmp_path / "cmp")
+                      ["table"].set_index("experiment"))
+        one = cv.over_seeds([base], [arm], n_boot=500)
+        row = tables[-1].loc[arm.name]
+        assert [one.diff, one.lo, one.hi, one.share] == row[["diff", "diff_lo", "diff_hi", "p_diff_le_0"]].tolist()
+        assert (one.arm, one.base, one.seeds) == (row["pooled_auc"], tables[-1].loc[base.name, "pooled_auc"], 1)
+    two = cv.over_seeds([e["a"], c], [e["b"], d], n_boot=500)
+    diffs = [t["pooled_auc"].iloc[1] - t["pooled_auc"].iloc[0] for t in tables]
+    assert two.seeds == 2 and two.diff == pytest.approx(np.mean(diffs)) and min(diffs) < two.diff < max(diffs)
+    assert two.lo < two.diff < two.hi and two.share < 0.01
+    with pytest.raises(PipelineError, match=r"^over seeds: 2 baseline run\(s\) and 1 arm run\(s\); give one"):
+        cv.over_seeds([e["a"], c], [d])
+
+
 # ---------------------------------------------------------------- rank-normalised AUC
 
 def test_rank_auc_equals_pooled_auc_on_one_scale_and_repairs_a_shifted_fold():

@@ -135,6 +135,28 @@ def compare_table(frame: pd.DataFrame, names: list[str], dirs: list[Path], logs:
     return pd.DataFrame(rows)
 
 
+def over_seeds(base: list, arm: list, n_boot: int = 1000, seed: int = 0) -> SimpleNamespace:
+    """An arm against a baseline trained on several seeds (``base[i]`` and ``arm[i]`` share seed i, all
+    on the same rows and folds): the mean over the seeds of the per-seed pooled OOF AUCs (``arm``,
+    ``base``) and of their differences (``diff``), the 95% interval of that mean difference and its
+    share <= 0 from the same grouped-bootstrap replicates of every run. One seed gives the paired
+    difference of the comparison table."""
+    if len(base) != len(arm) or not base:
+        raise ConfigError(f"over seeds: {len(base)} baseline run(s) and {len(arm)} arm run(s); "
+                          "give one of each per seed")
+    dirs, n = experiment_dirs([*base, *arm])[1], len(base)
+    frame = aligned([read_both_classes(d) for d in dirs], dirs)
+    target = frame["target"].to_numpy()
+    preds = np.column_stack([frame[f"pred:{k}"].to_numpy() for k in range(2 * n)])
+    codes = group_codes(frame["group"] if frame.attrs.get("group_col") else None, len(frame))
+    boot = bootstrap_auc(preds, target, codes, draw_groups(codes.max() + 1, n_boot, np.random.default_rng(seed)))
+    pooled = np.array([auc(target, preds[:, k]) for k in range(2 * n)])
+    diff, lo, hi, share = paired_difference(boot[:, n:].mean(1), boot[:, :n].mean(1), pooled[n:].mean(),
+                                            pooled[:n].mean())
+    return SimpleNamespace(seeds=n, arm=float(pooled[n:].mean()), base=float(pooled[:n].mean()), diff=diff,
+                           lo=lo, hi=hi, share=share)
+
+
 def fold_auc_table(frame: pd.DataFrame, names: list[str], n_boot: int, seed: int) -> pd.DataFrame:
     """Long table: experiment, fold, rows, positives, AUC and its 95% interval from a bootstrap of
     the groups within the fold (the same draws for every experiment)."""
