@@ -38,8 +38,9 @@ RUNS = {  # arm: its run per seed; the first arm is the baseline
 
 
 def run_dir(name: str) -> Path | None:
-    """The run's OOF folder (its predictions saved on the way), or its saved copy, or None."""
-    if (OUT / name / "oof.csv").is_file():
+    """The finished run's OOF folder (its predictions saved on the way), or its saved copy, or None
+    (a run stopped before infer.py wrote its submission.csv counts as not run)."""
+    if (OUT / name / "submission.csv").is_file():
         save(OUT / name, SAVED)
         return OUT / name
     return restore(name, SAVED, OUT / "saved")
