@@ -108,15 +108,22 @@ def effort(logs: pd.DataFrame, has_logs: bool) -> tuple[float, float]:
     return float(len(logs)), float(seconds.sum() / 60) if seconds.notna().any() else float("nan")
 
 
+def replicates(frame: pd.DataFrame, n: int, n_boot: int, seed: int):
+    """The aligned frame's ``n`` predictions (a column each), its group codes, each prediction's pooled
+    AUC and its AUC in each of ``n_boot`` grouped-bootstrap replicates (the same draws for all)."""
+    target = frame["target"].to_numpy()
+    preds = np.column_stack([frame[f"pred:{k}"].to_numpy() for k in range(n)])
+    codes = group_codes(frame["group"] if frame.attrs.get("group_col") else None, len(frame))
+    boot = bootstrap_auc(preds, target, codes, draw_groups(codes.max() + 1, n_boot, np.random.default_rng(seed)))
+    return preds, codes, np.array([auc(target, preds[:, k]) for k in range(n)]), boot
+
+
 def compare_table(frame: pd.DataFrame, names: list[str], dirs: list[Path], logs: list[pd.DataFrame],
                   has_logs: list[bool], n_boot: int, seed: int, baseline: int | None) -> pd.DataFrame:
     """One row per experiment: pooled AUC and its grouped-bootstrap interval, fold AUC mean and std,
     rank-normalised pooled AUC, effort and, against ``baseline`` (an index), the paired difference."""
     target, fold = frame["target"].to_numpy(), frame["fold"].to_numpy()
-    preds = np.column_stack([frame[f"pred:{k}"].to_numpy() for k in range(len(names))])
-    codes = group_codes(frame["group"] if frame.attrs.get("group_col") else None, len(frame))
-    boot = bootstrap_auc(preds, target, codes, draw_groups(codes.max() + 1, n_boot, np.random.default_rng(seed)))
-    pooled = [auc(target, preds[:, k]) for k in range(len(names))]
+    preds, codes, pooled, boot = replicates(frame, len(names), n_boot, seed)
     rows = []
     for k, name in enumerate(names):
         fold_auc = pd.Series(fold_aucs(target, preds[:, k], fold))
@@ -146,11 +153,7 @@ def over_seeds(base: list, arm: list, n_boot: int = 1000, seed: int = 0) -> Simp
                           "give one of each per seed")
     dirs, n = experiment_dirs([*base, *arm])[1], len(base)
     frame = aligned([read_both_classes(d) for d in dirs], dirs)
-    target = frame["target"].to_numpy()
-    preds = np.column_stack([frame[f"pred:{k}"].to_numpy() for k in range(2 * n)])
-    codes = group_codes(frame["group"] if frame.attrs.get("group_col") else None, len(frame))
-    boot = bootstrap_auc(preds, target, codes, draw_groups(codes.max() + 1, n_boot, np.random.default_rng(seed)))
-    pooled = np.array([auc(target, preds[:, k]) for k in range(2 * n)])
+    pooled, boot = replicates(frame, 2 * n, n_boot, seed)[2:]
     diff, lo, hi, share = paired_difference(boot[:, n:].mean(1), boot[:, :n].mean(1), pooled[n:].mean(),
                                             pooled[:n].mean())
     return SimpleNamespace(seeds=n, arm=float(pooled[n:].mean()), base=float(pooled[:n].mean()), diff=diff,
