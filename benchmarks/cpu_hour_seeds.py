@@ -6,8 +6,8 @@ below, seed 7 with ``EXTRA="train.seed=7 ..."`` as <arm>_s7; the commands: bench
     .venv/bin/python benchmarks/cpu_hour_seeds.py
 
 For each seed, each arm's pooled OOF AUC and its paired difference to Lite0 of the same seed; then
-each arm against Lite0 over the seeds present for both (``pipeline.report.cv.over_seeds``: the mean
-of the per-seed differences, its interval from the same grouped-bootstrap replicates of every run);
+each arm against Lite0 over the seeds present for both (``pipeline.report.seeds.over_seeds``: the
+mean of the per-seed differences, its interval from the same grouped-bootstrap replicates of every run);
 the minutes (train.py + infer.py) from oof/cpuhour/wall.tsv. Every run's predictions are saved
 without labels to benchmarks/cpu_hour_preds/ (benchmarks/saved_runs.py) and rebuilt from there when
 its folder is gone.
@@ -23,7 +23,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import pandas as pd  # noqa: E402
 
-from pipeline.report.cv import analyse, over_seeds  # noqa: E402
+from pipeline.experiment import oof  # noqa: E402
+from pipeline.report.seeds import over_seeds  # noqa: E402
+from pipeline.report.stats import auc  # noqa: E402
 from saved_runs import restore, save  # noqa: E402
 
 OUT = ROOT / "oof" / "cpuhour"
@@ -67,7 +69,8 @@ def main() -> None:
                 print(f"| {arm} | {seed} | {name} | | not run | | | |")
                 continue
             if name == base:
-                pooled, diff = analyse([dirs[name]]).table["pooled_auc"].iloc[0], " | |"
+                rows = oof.read(dirs[name] / "oof.csv")
+                pooled, diff = auc(rows["target"].to_numpy(), rows["pred"].to_numpy()), " | |"
             else:
                 o = over_seeds([dirs[base]], [dirs[name]])
                 pooled, diff = o.arm, f"{o.diff:+.4f} | {o.lo:+.4f} to {o.hi:+.4f} | {o.share:.3f}"

@@ -36,7 +36,8 @@ from pipeline.core import config as C  # noqa: E402
 from pipeline.experiment import oof  # noqa: E402
 from pipeline.train.checkpoints import predicting_model  # noqa: E402
 from pipeline.train.process import tune_process  # noqa: E402
-from pipeline.report.cv import compare, over_seeds  # noqa: E402
+from pipeline.report.cv import compare  # noqa: E402
+from pipeline.report.seeds import over_seeds  # noqa: E402
 from pipeline.train.loop import predict  # noqa: E402
 from pipeline.experiment.record import saved_config
 from pipeline.experiment.oof import val_predictions_path  # noqa: E402

@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 
 from pipeline.core.errors import PipelineError
 from pipeline.experiment import oof
-from pipeline.report import cv, stats
+from pipeline.report import cv, seeds, stats
 
 
 def dataset(seed: int = 0, patients: int = 60, per: int = 5, folds: int = 5) -> tuple[pd.DataFrame, np.ndarray]:
@@ -161,16 +161,16 @@ def test_over_one_seed_is_the_tables_paired_difference_and_over_two_the_mean_of_
     for base, arm in [(e["a"], e["b"]), (c, d)]:
         tables.append(cv.compare([base, arm], baseline=base.name, plot=False, n_boot=500, out=tmp_path / "cmp")
                       ["table"].set_index("experiment"))
-        one = cv.over_seeds([base], [arm], n_boot=500)
+        one = seeds.over_seeds([base], [arm], n_boot=500)
         row = tables[-1].loc[arm.name]
         assert [one.diff, one.lo, one.hi, one.share] == row[["diff", "diff_lo", "diff_hi", "p_diff_le_0"]].tolist()
         assert (one.arm, one.base, one.seeds) == (row["pooled_auc"], tables[-1].loc[base.name, "pooled_auc"], 1)
-    two = cv.over_seeds([e["a"], c], [e["b"], d], n_boot=500)
+    two = seeds.over_seeds([e["a"], c], [e["b"], d], n_boot=500)
     diffs = [t["pooled_auc"].iloc[1] - t["pooled_auc"].iloc[0] for t in tables]
     assert two.seeds == 2 and two.diff == pytest.approx(np.mean(diffs)) and min(diffs) < two.diff < max(diffs)
     assert two.lo < two.diff < two.hi and two.share < 0.01
     with pytest.raises(PipelineError, match=r"^over seeds: 2 baseline run\(s\) and 1 arm run\(s\); give one"):
-        cv.over_seeds([e["a"], c], [d])
+        seeds.over_seeds([e["a"], c], [d])
 
 
 # ---------------------------------------------------------------- rank-normalised AUC

@@ -64,7 +64,7 @@ from pipeline.experiment.oof import aligned, read_both_classes
 from pipeline.report import subgroups
 from pipeline.report.blend import is_rank_blend
 from pipeline.report.stats import (auc, bootstrap_auc, draw_groups, fold_aucs, fold_ranks, group_codes,
-                                   paired_difference, percentile_interval)
+                                   paired_difference, percentile_interval, replicates)
 
 COMPARISON_FILES = ("compare.csv", "folds.csv", "correlation.csv", "subgroups.csv", "roc.png", "fold_auc.png",
                     "learning_curves.png", "calibration.png", "pred_by_class.png", "report.html")  # the marker first
@@ -108,16 +108,6 @@ def effort(logs: pd.DataFrame, has_logs: bool) -> tuple[float, float]:
     return float(len(logs)), float(seconds.sum() / 60) if seconds.notna().any() else float("nan")
 
 
-def replicates(frame: pd.DataFrame, n: int, n_boot: int, seed: int):
-    """The aligned frame's ``n`` predictions (a column each), its group codes, each prediction's pooled
-    AUC and its AUC in each of ``n_boot`` grouped-bootstrap replicates (the same draws for all)."""
-    target = frame["target"].to_numpy()
-    preds = np.column_stack([frame[f"pred:{k}"].to_numpy() for k in range(n)])
-    codes = group_codes(frame["group"] if frame.attrs.get("group_col") else None, len(frame))
-    boot = bootstrap_auc(preds, target, codes, draw_groups(codes.max() + 1, n_boot, np.random.default_rng(seed)))
-    return preds, codes, np.array([auc(target, preds[:, k]) for k in range(n)]), boot
-
-
 def compare_table(frame: pd.DataFrame, names: list[str], dirs: list[Path], logs: list[pd.DataFrame],
                   has_logs: list[bool], n_boot: int, seed: int, baseline: int | None) -> pd.DataFrame:
     """One row per experiment: pooled AUC and its grouped-bootstrap interval, fold AUC mean and std,
@@ -140,24 +130,6 @@ def compare_table(frame: pd.DataFrame, names: list[str], dirs: list[Path], logs:
         row.update(n_bootstrap=n_boot, seed=seed)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def over_seeds(base: list, arm: list, n_boot: int = 1000, seed: int = 0) -> SimpleNamespace:
-    """An arm against a baseline trained on several seeds (``base[i]`` and ``arm[i]`` share seed i, all
-    on the same rows and folds): the mean over the seeds of the per-seed pooled OOF AUCs (``arm``,
-    ``base``) and of their differences (``diff``), the 95% interval of that mean difference and its
-    share <= 0 from the same grouped-bootstrap replicates of every run. One seed gives the paired
-    difference of the comparison table."""
-    if len(base) != len(arm) or not base:
-        raise ConfigError(f"over seeds: {len(base)} baseline run(s) and {len(arm)} arm run(s); "
-                          "give one of each per seed")
-    dirs, n = experiment_dirs([*base, *arm])[1], len(base)
-    frame = aligned([read_both_classes(d) for d in dirs], dirs)
-    pooled, boot = replicates(frame, 2 * n, n_boot, seed)[2:]
-    diff, lo, hi, share = paired_difference(boot[:, n:].mean(1), boot[:, :n].mean(1), pooled[n:].mean(),
-                                            pooled[:n].mean())
-    return SimpleNamespace(seeds=n, arm=float(pooled[n:].mean()), base=float(pooled[:n].mean()), diff=diff,
-                           lo=lo, hi=hi, share=share)
 
 
 def fold_auc_table(frame: pd.DataFrame, names: list[str], n_boot: int, seed: int) -> pd.DataFrame:

@@ -137,3 +137,13 @@ def paired_difference(boot: np.ndarray, base_boot: np.ndarray, value: float,
     finite = diff[np.isfinite(diff)]
     lo, hi = percentile_interval(diff)
     return value - base_value, lo, hi, float((finite <= 0).mean()) if len(finite) else float("nan")
+
+
+def replicates(frame: pd.DataFrame, n: int, n_boot: int, seed: int):
+    """The aligned frame's ``n`` predictions (a column each), its group codes, each prediction's pooled
+    AUC and its AUC in each of ``n_boot`` grouped-bootstrap replicates (the same draws for all)."""
+    target = frame["target"].to_numpy()
+    preds = np.column_stack([frame[f"pred:{k}"].to_numpy() for k in range(n)])
+    codes = group_codes(frame["group"] if frame.attrs.get("group_col") else None, len(frame))
+    boot = bootstrap_auc(preds, target, codes, draw_groups(codes.max() + 1, n_boot, np.random.default_rng(seed)))
+    return preds, codes, np.array([auc(target, preds[:, k]) for k in range(n)]), boot
